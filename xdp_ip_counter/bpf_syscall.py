@@ -1,0 +1,216 @@
+"""The few bpf(2) commands bcc does not offer in the form we need, through ctypes.
+
+- BPF_LINK_CREATE: attach XDP through a link, so that the program is detached when the last fd
+  to the link closes — when the daemon dies for any reason (bcc's attach_xdp uses netlink, which
+  leaves the program attached after a crash).
+- BPF_MAP_LOOKUP_BATCH / BPF_MAP_LOOKUP_AND_DELETE_ELEM / BPF_MAP_UPDATE_ELEM: read a hash map
+  straight into contiguous buffers (one syscall per chunk, not two per entry) and expire entries
+  without losing a hit that lands between the snapshot and the delete.
+- BPF_PROG_TEST_RUN: run the program on a crafted frame (tests and benchmarks).
+
+No bcc here: only file descriptors and bytes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import struct
+from dataclasses import dataclass
+
+_SYS_BPF = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351}
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_OBJ_PIN = 6
+BPF_OBJ_GET = 7
+BPF_PROG_TEST_RUN = 10
+BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
+BPF_MAP_LOOKUP_BATCH = 24
+BPF_LINK_CREATE = 28
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_XDP = 37  # enum bpf_attach_type
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_MODES = {"skb": XDP_FLAGS_SKB_MODE, "native": XDP_FLAGS_DRV_MODE}
+
+_ATTR_SIZE = 128
+
+
+class BPFSyscallError(OSError):
+    """A bpf(2) command failed; errno and the command name are kept."""
+
+
+def _bpf(cmd: int, attr: ctypes.Array, name: str) -> int:
+    try:
+        nr = _SYS_BPF[platform.machine()]
+    except KeyError as exc:  # pragma: no cover - other architectures are not supported yet
+        raise BPFSyscallError(errno.ENOSYS, f"bpf(): unknown syscall number on {exc}") from None
+    ret = _libc.syscall(nr, cmd, ctypes.byref(attr), _ATTR_SIZE)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise BPFSyscallError(err, f"bpf({name}): {os.strerror(err)}")
+    return ret
+
+
+def _attr() -> ctypes.Array:
+    return ctypes.create_string_buffer(_ATTR_SIZE)
+
+
+def _addr(buf: ctypes.Array | None) -> int:
+    return ctypes.addressof(buf) if buf is not None else 0
+
+
+def link_create_xdp(prog_fd: int, ifindex: int, mode: str) -> int:
+    """Attach an XDP program to ifindex through a BPF link; returns the link fd."""
+    attr = _attr()
+    struct.pack_into("=IIII", attr, 0, prog_fd, ifindex, BPF_XDP, XDP_MODES[mode])
+    return _bpf(BPF_LINK_CREATE, attr, "LINK_CREATE")
+
+
+def obj_pin(fd: int, path: str) -> None:
+    pathname = ctypes.create_string_buffer(os.fsencode(path))
+    attr = _attr()
+    struct.pack_into("=QI", attr, 0, _addr(pathname), fd)
+    _bpf(BPF_OBJ_PIN, attr, "OBJ_PIN")
+
+
+def obj_get(path: str) -> int:
+    pathname = ctypes.create_string_buffer(os.fsencode(path))
+    attr = _attr()
+    struct.pack_into("=Q", attr, 0, _addr(pathname))
+    return _bpf(BPF_OBJ_GET, attr, "OBJ_GET")
+
+
+def _elem_attr(map_fd: int, key: ctypes.Array, value: ctypes.Array | None, flags: int = 0):
+    attr = _attr()
+    struct.pack_into("=IxxxxQQQ", attr, 0, map_fd, _addr(key), _addr(value), flags)
+    return attr
+
+
+def map_update(map_fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value, len(value))
+    _bpf(BPF_MAP_UPDATE_ELEM, _elem_attr(map_fd, k, v, flags), "MAP_UPDATE_ELEM")
+
+
+def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """The value under key, or None when there is none."""
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value_size)
+    try:
+        _bpf(BPF_MAP_LOOKUP_ELEM, _elem_attr(map_fd, k, v), "MAP_LOOKUP_ELEM")
+    except BPFSyscallError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    return v.raw
+
+
+def map_lookup_and_delete(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """Atomically take the value under key out of a hash map; None when there is none."""
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value_size)
+    try:
+        _bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, _elem_attr(map_fd, k, v), "MAP_LOOKUP_AND_DELETE")
+    except BPFSyscallError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    return v.raw
+
+
+def map_lookup_batch(
+    map_fd: int, key_size: int, value_size: int, capacity: int, chunk: int = 65536
+) -> tuple[bytearray, bytearray, int]:
+    """Every (key, value) of a hash map, read with BPF_MAP_LOOKUP_BATCH into two flat buffers.
+
+    Returns (keys, values, count): entry i is keys[i*key_size:...], values[i*value_size:...].
+    One syscall per chunk of entries. The kernel copies a hash map bucket by bucket, each under its
+    lock, so no entry comes twice; one inserted into a bucket already copied shows next time.
+    """
+    capacity = max(capacity, 1)
+    keys = bytearray(capacity * key_size)
+    values = bytearray(capacity * value_size)
+    keys_buf = (ctypes.c_char * len(keys)).from_buffer(keys)
+    values_buf = (ctypes.c_char * len(values)).from_buffer(values)
+    token_in = ctypes.create_string_buffer(max(key_size, 8))
+    token_out = ctypes.create_string_buffer(max(key_size, 8))
+    total = 0
+    first = True
+    while total < capacity:
+        want = min(chunk, capacity - total)
+        attr = _attr()
+        struct.pack_into(
+            "=QQQQIIQQ",
+            attr,
+            0,
+            0 if first else _addr(token_in),
+            _addr(token_out),
+            ctypes.addressof(keys_buf) + total * key_size,
+            ctypes.addressof(values_buf) + total * value_size,
+            want,
+            map_fd,
+            0,
+            0,
+        )
+        done = False
+        try:
+            _bpf(BPF_MAP_LOOKUP_BATCH, attr, "MAP_LOOKUP_BATCH")
+        except BPFSyscallError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            done = True
+        got = struct.unpack_from("=I", attr, 32)[0]
+        total += got
+        if done:
+            break
+        ctypes.memmove(token_in, token_out, len(token_in))
+        first = False
+    return keys, values, total
+
+
+@dataclass(frozen=True)
+class TestRun:
+    """Result of one BPF_PROG_TEST_RUN: the program's return value and the mean ns per run."""
+
+    retval: int
+    duration_ns: int
+
+
+def prog_test_run(prog_fd: int, frame: bytes, ifindex: int = 0, repeat: int = 1) -> TestRun:
+    """Run an XDP program on frame, repeat times; ingress_ifindex set when ifindex != 0."""
+    data_in = ctypes.create_string_buffer(frame, len(frame))
+    data_out = ctypes.create_string_buffer(len(frame) + 512)
+    ctx = None
+    if ifindex:
+        # struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        ctx = ctypes.create_string_buffer(struct.pack("=6I", 0, len(frame), 0, ifindex, 0, 0), 24)
+    attr = _attr()
+    struct.pack_into(
+        "=IIIIQQIIIIQQ",
+        attr,
+        0,
+        prog_fd,
+        0,
+        len(frame),
+        len(data_out),
+        _addr(data_in),
+        _addr(data_out),
+        repeat,
+        0,
+        24 if ctx is not None else 0,
+        0,
+        _addr(ctx),
+        0,
+    )
+    _bpf(BPF_PROG_TEST_RUN, attr, "PROG_TEST_RUN")
+    retval, _, _ = struct.unpack_from("=III", attr, 4)
+    duration = struct.unpack_from("=I", attr, 36)[0]
+    return TestRun(retval=retval, duration_ns=duration)
