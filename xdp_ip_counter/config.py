@@ -1,0 +1,460 @@
+"""Settings: what to watch and how to serve it, from the TOML file and the command line.
+
+`load_file` turns a TOML file into typed field values, `Settings` checks every value (so a
+Settings that exists is a valid one), and every error is a `ConfigError` whose message starts with
+where the bad value came from: "/etc/xdp-ip-counter/config.toml: key 'window': ...",
+"argument -w/--window: ...". The command line (cli.py) layers its flags over the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("/etc/xdp-ip-counter/config.toml")
+
+# The window is made of 10 s steps (the original tool's rule, kept as part of the CLI contract).
+WINDOW_STEP = 10
+
+# The kernel sizes an LRU hash map's bucket array as the next power of two >= max_entries, with
+# 16-byte buckets, and refuses the map with E2BIG when that array would overflow a u32 byte count
+# (kernel/bpf/hashtab.c, htab_map_alloc): anything above 2**27 entries cannot be created. 2**27
+# entries are already ~13 GiB of preallocated kernel memory (about 104 bytes per element), so a
+# larger number is a typo, and it is better to say so here than to fail at load time.
+MAX_ENTRIES_LIMIT = 1 << 27
+
+XDP_MODES = ("skb", "native")
+
+# Linux interface names: at most IFNAMSIZ - 1 bytes, no '/', no whitespace (dev_valid_name()).
+IFNAME_MAX_BYTES = 15
+
+_PORT_TEXT = re.compile(r"[0-9]+")
+_RANGE_TEXT = re.compile(r"([0-9]+)\s*-\s*([0-9]+)")
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used. str() is one line: '<where>: <problem>'.
+
+    `where` is None for command-line usage errors, whose message already says which argument.
+    """
+
+    def __init__(self, where: str | None, problem: str) -> None:
+        super().__init__(f"{where}: {problem}" if where else problem)
+        self.where = where
+        self.problem = problem
+
+
+def file_key(path: Path | str, key: str) -> str:
+    """Where a value came from, for a key in a configuration file."""
+    return f"{path}: key '{key}'"
+
+
+def _describe_value(value: object) -> str:
+    """The TOML-ish type and value of something that was not what we wanted, for messages."""
+    kinds: list[tuple[type | tuple[type, ...], str]] = [
+        (bool, "a boolean"),
+        (int, "an integer"),
+        (float, "a float"),
+        (str, "a string"),
+        ((list, tuple), "an array"),
+        (dict, "a table"),
+    ]
+    for kind, name in kinds:
+        if isinstance(value, kind):
+            shown = repr(value)
+            if len(shown) > 40:
+                shown = shown[:37] + "..."
+            return f"{name} ({shown})"
+    return f"a {type(value).__name__}"
+
+
+# --------------------------------------------------------------------------------------------
+# Ports
+
+
+@dataclass(frozen=True)
+class PortFilter:
+    """Which destination ports are counted: all of them, or a set of ports 1..65535."""
+
+    all_ports: bool
+    ports: frozenset[int] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.all_ports and self.ports:
+            raise ValueError("PortFilter: all_ports with a list of ports")
+        if not self.all_ports and not self.ports:
+            raise ValueError("PortFilter: no ports (use PortFilter.all() for every port)")
+        for port in self.ports:
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise ValueError(f"PortFilter: {port!r} is not a port in 1..65535")
+
+    @classmethod
+    def all(cls) -> PortFilter:
+        """Every port (the contract's "0")."""
+        return cls(all_ports=True)
+
+    @classmethod
+    def of(cls, ports: Iterable[int]) -> PortFilter:
+        """Exactly these ports (1..65535, at least one)."""
+        return cls(all_ports=False, ports=frozenset(ports))
+
+    def __contains__(self, port: object) -> bool:
+        return self.all_ports or port in self.ports
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """The listed ports as sorted, merged (low, high) ranges; [] for all ports."""
+        merged: list[tuple[int, int]] = []
+        for port in sorted(self.ports):
+            if merged and merged[-1][1] == port - 1:
+                merged[-1] = (merged[-1][0], port)
+            else:
+                merged.append((port, port))
+        return merged
+
+    def __str__(self) -> str:
+        if self.all_ports:
+            return "all"
+        return ",".join(str(low) if low == high else f"{low}-{high}" for low, high in self.ranges())
+
+
+def _parse_port_item(item: object, source: str, position: int) -> tuple[int, int]:
+    """One item of a port list as an inclusive (low, high) range. Port 0 is returned as (0, 0)."""
+    label = f"item {position}"
+    if isinstance(item, bool) or not isinstance(item, int | str):
+        raise ConfigError(
+            source,
+            f'{label}: expected a port number or a "low-high" range, got {_describe_value(item)}',
+        )
+    if isinstance(item, int):
+        low = high = item
+    else:
+        text = item.strip()
+        if not text:
+            raise ConfigError(source, f"{label}: empty item")
+        if _PORT_TEXT.fullmatch(text):
+            low = high = int(text)
+        elif match := _RANGE_TEXT.fullmatch(text):
+            low, high = int(match.group(1)), int(match.group(2))
+        else:
+            raise ConfigError(
+                source,
+                f'{label}: {text!r} is neither a port number nor a "low-high" range',
+            )
+    for port in (low, high):
+        if not 0 <= port <= 65535:
+            raise ConfigError(source, f"{label}: port {port} is outside 0..65535")
+    if low > high:
+        raise ConfigError(source, f"{label}: range {low}-{high} is reversed (write {high}-{low})")
+    if low == 0 and high != 0:
+        raise ConfigError(
+            source, f"{label}: port 0 means all ports and cannot start a range ({low}-{high})"
+        )
+    return low, high
+
+
+def parse_ports(value: str | list[Any], source: str) -> PortFilter:
+    """A port filter from a CLI string ("22,80,8000-8100", "0") or a TOML list ([22, "8000-8100"]).
+
+    "0", [0] and [] mean every port; 0 cannot be mixed with other ports. `source` says where the
+    value came from and starts every error message.
+    """
+    items: list[Any]
+    if isinstance(value, str):
+        if not value.strip():
+            raise ConfigError(source, "empty port list (use 0 for all ports)")
+        items = value.split(",")
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ConfigError(
+            source,
+            f'expected an array such as [22, 80, "8000-8100"], got {_describe_value(value)}',
+        )
+    ranges = [_parse_port_item(item, source, n) for n, item in enumerate(items, start=1)]
+    if not ranges:
+        return PortFilter.all()
+    if (0, 0) in ranges:
+        if len(ranges) > 1:
+            raise ConfigError(source, "0 means all ports and cannot be mixed with other ports")
+        return PortFilter.all()
+    return PortFilter.of(port for low, high in ranges for port in range(low, high + 1))
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+
+
+def _check_int(value: object, where: str, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(where, f"expected an integer, got {_describe_value(value)}")
+    if value < low or (high is not None and value > high):
+        bounds = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ConfigError(where, f"must be {bounds}, got {value}")
+
+
+def _check_interfaces(value: object, where: str) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(name, str) for name in value):
+        raise ConfigError(
+            where, f"expected a list of interface names, got {_describe_value(value)}"
+        )
+    if not value:
+        raise ConfigError(where, "no interfaces: name at least one")
+    seen: set[str] = set()
+    for name in value:
+        if not name:
+            raise ConfigError(where, "empty interface name")
+        if len(name.encode()) > IFNAME_MAX_BYTES or "/" in name or any(c.isspace() for c in name):
+            raise ConfigError(
+                where,
+                f"{name!r} is not a valid interface name "
+                f"(at most {IFNAME_MAX_BYTES} bytes, no '/', no whitespace)",
+            )
+        if name in seen:
+            raise ConfigError(where, f"interface {name!r} is listed twice")
+        seen.add(name)
+
+
+def _check_window(value: object, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(where, f"expected an integer, got {_describe_value(value)}")
+    if value <= 0 or value % WINDOW_STEP:
+        raise ConfigError(
+            where, f"must be a positive multiple of {WINDOW_STEP} (seconds), got {value}"
+        )
+
+
+def _check_listen_address(value: object, where: str) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(where, f"expected an IP address, got {_describe_value(value)}")
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(
+            where, f"{value!r} is not an IPv4 or IPv6 address (such as 0.0.0.0, ::, 127.0.0.1)"
+        ) from None
+
+
+def _check_bool(value: object, where: str) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(where, f"expected true or false, got {_describe_value(value)}")
+
+
+def _check_xdp_mode(value: object, where: str) -> None:
+    if value not in XDP_MODES:
+        raise ConfigError(
+            where, f"must be one of {', '.join(XDP_MODES)}, got {_describe_value(value)}"
+        )
+
+
+def _check_ports(value: object, where: str) -> None:
+    if not isinstance(value, PortFilter):
+        raise ConfigError(where, f"expected a PortFilter, got {_describe_value(value)}")
+
+
+_FIELD_CHECKS: dict[str, Callable[[object, str], None]] = {
+    "interfaces": _check_interfaces,
+    "ports": _check_ports,
+    "window": _check_window,
+    "listen_address": _check_listen_address,
+    "server_port": lambda value, where: _check_int(value, where, 1, 65535),
+    "serve_ip_list": _check_bool,
+    "xdp_mode": _check_xdp_mode,
+    "max_entries": lambda value, where: _check_int(value, where, 1, MAX_ENTRIES_LIMIT),
+    "refresh_interval": lambda value, where: _check_int(value, where, 1),
+}
+
+# The flag that sets each key, for messages about defaults (cli.py defines the flags themselves).
+FLAG_FOR_KEY = {
+    "interfaces": "-i/--iface",
+    "ports": "-p/--ports",
+    "window": "-w/--window",
+    "listen_address": "--listen-address",
+    "server_port": "-s/--server-port",
+    "serve_ip_list": "--serve-ip-list",
+    "xdp_mode": "--xdp-mode",
+    "max_entries": "--max-entries",
+    "refresh_interval": "--refresh-interval",
+}
+
+# Changing these needs a restart: the HTTP socket and the kernel map are made once at start-up
+# (xdp_mode could be re-attached, but a restart keeps the reload path simple).
+RESTART_FIELDS = ("listen_address", "server_port", "max_entries", "xdp_mode")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the daemon needs to know; checked on construction.
+
+    `origins` maps a field name to where its value came from ("argument -w/--window",
+    "/etc/...: key 'window'"), for messages; fields not in it are named as defaults.
+    """
+
+    interfaces: tuple[str, ...] = ("eth0",)
+    ports: PortFilter = field(default_factory=PortFilter.all)
+    window: int = 60
+    listen_address: str = "0.0.0.0"
+    server_port: int = 3031
+    serve_ip_list: bool = False
+    xdp_mode: str = "skb"
+    max_entries: int = 262144
+    refresh_interval: int = 10
+    config_path: Path | None = None
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "origins", MappingProxyType(dict(self.origins)))
+        for name, check in _FIELD_CHECKS.items():
+            check(getattr(self, name), self.origin(name))
+        if self.window % self.refresh_interval:
+            blamed = "refresh_interval" if "refresh_interval" in self.origins else "window"
+            raise ConfigError(
+                self.origin(blamed),
+                f"the window ({self.window} s) must be a multiple of refresh_interval "
+                f"({self.refresh_interval} s)",
+            )
+
+    def origin(self, name: str) -> str:
+        """Where the value of field `name` came from, as a message prefix."""
+        if name in self.origins:
+            return self.origins[name]
+        return f"default {name} (set it with {FLAG_FOR_KEY[name]} or key '{name}')"
+
+    def describe(self) -> str:
+        """One line: what is watched and where it is served."""
+        listen = f"[{self.listen_address}]" if ":" in self.listen_address else self.listen_address
+        source = str(self.config_path) if self.config_path else "none"
+        ip_list = "on" if self.serve_ip_list else "off"
+        return (
+            f"interfaces {','.join(self.interfaces)}; ports {self.ports}; "
+            f"window {self.window}s (refresh every {self.refresh_interval}s); "
+            f"serving {listen}:{self.server_port}, ip list {ip_list}; "
+            f"xdp mode {self.xdp_mode}; max entries {self.max_entries}; config file {source}"
+        )
+
+
+def _show(name: str, value: object) -> str:
+    if name == "interfaces":
+        assert isinstance(value, tuple)
+        return ",".join(value)
+    return str(value)
+
+
+def diff(old: Settings, new: Settings) -> list[str]:
+    """One line per setting that differs, "window: 60 -> 120", in field order."""
+    changes: list[str] = []
+    for name in _FIELD_CHECKS:
+        before, after = getattr(old, name), getattr(new, name)
+        if before == after:
+            continue
+        line = f"{name}: {_show(name, before)} -> {_show(name, after)}"
+        if name == "interfaces":
+            added = [i for i in after if i not in before]
+            removed = [i for i in before if i not in after]
+            details = [f"added {','.join(added)}"] if added else []
+            details += [f"removed {','.join(removed)}"] if removed else []
+            if details:
+                line += f" ({'; '.join(details)})"
+        changes.append(line)
+    return changes
+
+
+def needs_restart(old: Settings, new: Settings) -> list[str]:
+    """Names of the fields that changed but cannot be applied by a reload."""
+    return [name for name in RESTART_FIELDS if getattr(old, name) != getattr(new, name)]
+
+
+def validate_interfaces(
+    settings: Settings, name_to_index: Callable[[str], int] = socket.if_nametoindex
+) -> dict[str, int]:
+    """Check that every interface exists now; returns name -> ifindex.
+
+    Separate from parsing because it asks the running system (tests inject `name_to_index`).
+    """
+    indexes: dict[str, int] = {}
+    for name in settings.interfaces:
+        try:
+            indexes[name] = name_to_index(name)
+        except OSError:
+            raise ConfigError(
+                settings.origin("interfaces"), f"interface {name!r} does not exist"
+            ) from None
+    return indexes
+
+
+# --------------------------------------------------------------------------------------------
+# The TOML file
+
+# TOML key -> the Python types it may have in the file (a bool is not an integer here).
+_FILE_TYPES: dict[str, tuple[type, ...]] = {
+    "interfaces": (list,),
+    "ports": (list,),
+    "window": (int,),
+    "listen_address": (str,),
+    "server_port": (int,),
+    "serve_ip_list": (bool,),
+    "xdp_mode": (str,),
+    "max_entries": (int,),
+    "refresh_interval": (int,),
+}
+FILE_KEYS = tuple(_FILE_TYPES)
+
+_TYPE_NAMES = {list: "an array", int: "an integer", str: "a string", bool: "true or false"}
+
+
+def _file_value(key: str, value: object, where: str) -> object:
+    """A file value type-checked and converted to the Settings field's type."""
+    expected = _FILE_TYPES[key]
+    if (isinstance(value, bool) and bool not in expected) or not isinstance(value, expected):
+        wanted = " or ".join(_TYPE_NAMES[t] for t in expected)
+        raise ConfigError(where, f"expected {wanted}, got {_describe_value(value)}")
+    if key == "ports":
+        assert isinstance(value, list)
+        return parse_ports(value, where)
+    if key == "interfaces":
+        assert isinstance(value, list)
+        for position, name in enumerate(value, start=1):
+            if not isinstance(name, str):
+                raise ConfigError(
+                    where,
+                    f"item {position}: expected an interface name, got {_describe_value(name)}",
+                )
+        return tuple(value)
+    return value
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """Read a TOML configuration file into Settings field values, keyed by field name.
+
+    Unknown keys, wrong types, bad port lists and TOML syntax errors raise ConfigError naming the
+    file (and the key or line). Ranges and cross-field rules are checked by Settings itself.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), "configuration file does not exist") from None
+    except OSError as error:
+        raise ConfigError(str(path), f"cannot read: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(str(path), f"not UTF-8 text (byte {error.start})") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(str(path), f"invalid TOML: {error}") from None
+
+    values: dict[str, Any] = {}
+    for key, value in document.items():
+        where = file_key(path, key)
+        if key not in _FILE_TYPES:
+            close = difflib.get_close_matches(key, FILE_KEYS, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(where, f"unknown key ({hint}known keys: {', '.join(FILE_KEYS)})")
+        values[key] = _file_value(key, value, where)
+    return values
