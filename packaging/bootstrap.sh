@@ -30,6 +30,7 @@ required_packages=(
     dh-python
     pybuild-plugin-pyproject
     python3-setuptools
+    help2man                   # the manual page, from --help, at package build time
     lintian                    # checking the .deb
     systemd                    # systemd-analyze verify / security
     ansible                    # the deployment role
