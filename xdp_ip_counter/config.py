@@ -433,8 +433,9 @@ def _file_value(key: str, value: object, where: str) -> object:
 def load_file(path: Path) -> dict[str, Any]:
     """Read a TOML configuration file into Settings field values, keyed by field name.
 
-    Unknown keys, wrong types, bad port lists and TOML syntax errors raise ConfigError naming the
-    file (and the key or line). Ranges and cross-field rules are checked by Settings itself.
+    Unknown keys, wrong types, values out of range and TOML syntax errors raise ConfigError naming
+    the file (and the key or line). Rules across keys (refresh_interval divides window) are
+    checked by Settings, once flags are layered over the file.
     """
     try:
         text = path.read_bytes().decode("utf-8")
@@ -457,4 +458,6 @@ def load_file(path: Path) -> dict[str, Any]:
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise ConfigError(where, f"unknown key ({hint}known keys: {', '.join(FILE_KEYS)})")
         values[key] = _file_value(key, value, where)
+        # Each key is valid on its own, whatever flags may override it on this command line.
+        _FIELD_CHECKS[key](values[key], where)
     return values
