@@ -33,7 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from xdp_ip_counter import daemon  # noqa: PLC0415
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return daemon.run(settings)
+    # SIGHUP: the same command line again, over the file as it is then.
+    return daemon.run(settings, reload_settings=lambda: cli.reload_settings(arguments))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,368 @@
+"""cli.py and __main__: the original flags, flags over file, --help/--version/--check-config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from xdp_ip_counter import __main__ as entry
+from xdp_ip_counter import __version__
+from xdp_ip_counter.cli import reload_settings, settings_from_args
+from xdp_ip_counter.config import ConfigError, PortFilter, Settings
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = "/usr/bin/python3"
+
+# The original tool's --help lines, kept word for word (issue 3: the CLI is a contract).
+CONTRACT_HELP_LINES = [
+    "  -i, --iface <IFACE>              Network Interface to attach eBPF program to "
+    "[default: eth0]",
+    "  -p, --ports <PORTS>              Comma-separated ports to collect data for. "
+    "0 means all ports [default: 0]",
+    "  -w, --window <WINDOW>            Sampling interval in seconds. value must be divisable "
+    "by 10 [default: 60]",
+    "  -s, --server-port <SERVER_PORT>  Port to serve prometheus metrics on "
+    "(i.e. HTTP Server Port) [default: 3031]",
+    "      --serve-ip-list              Whether to serve a list of connected IP addresses on "
+    ":[server_port]/list",
+    "  -h, --help                       Print help",
+]
+ADDED_FLAGS = [
+    "-c, --config <PATH>",
+    "--listen-address <ADDRESS>",
+    "--xdp-mode <MODE>",
+    "--max-entries <N>",
+    "--check-config",
+    "--version",
+]
+
+
+@pytest.fixture
+def no_default_config(tmp_path: Path) -> Path:
+    """A default configuration path that does not exist."""
+    return tmp_path / "default-absent.toml"
+
+
+def settings(argv: list[str], default_config: Path) -> Settings:
+    return settings_from_args(argv, default_config=default_config)
+
+
+def error_of(argv: list[str], default_config: Path) -> str:
+    with pytest.raises(ConfigError) as caught:
+        settings_from_args(argv, default_config=default_config)
+    return str(caught.value)
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)}
+    env.pop("NOTIFY_SOCKET", None)
+    return subprocess.run(
+        [PYTHON, "-m", "xdp_ip_counter", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Flags to Settings
+
+
+def test_no_flags_and_no_file_give_the_defaults(no_default_config: Path) -> None:
+    assert settings([], no_default_config) == Settings()
+    assert settings([], no_default_config).config_path is None
+
+
+def test_every_flag(no_default_config: Path) -> None:
+    result = settings(
+        [
+            "-i",
+            "lo,veth0",
+            "--iface",
+            "veth1",
+            "-p",
+            "22,80,8000-8001",
+            "-w",
+            "120",
+            "-s",
+            "9031",
+            "--serve-ip-list",
+            "--listen-address",
+            "::1",
+            "--xdp-mode",
+            "native",
+            "--max-entries",
+            "4096",
+            "--refresh-interval",
+            "5",
+        ],
+        no_default_config,
+    )
+    assert result == Settings(
+        interfaces=("lo", "veth0", "veth1"),
+        ports=PortFilter.of({22, 80, 8000, 8001}),
+        window=120,
+        server_port=9031,
+        serve_ip_list=True,
+        listen_address="::1",
+        xdp_mode="native",
+        max_entries=4096,
+        refresh_interval=5,
+    )
+
+
+def test_long_forms(no_default_config: Path) -> None:
+    result = settings(
+        ["--iface", "lo", "--ports", "0", "--window", "10", "--server-port", "1"],
+        no_default_config,
+    )
+    assert (result.interfaces, result.ports, result.window, result.server_port) == (
+        ("lo",),
+        PortFilter.all(),
+        10,
+        1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-w", "0"], "argument -w/--window: must be a positive multiple of 10 (seconds), got 0"),
+        (["-w", "15"], "argument -w/--window: must be a positive multiple of 10 (seconds), got 15"),
+        (["-w", "sixty"], "argument -w/--window: expected an integer, got 'sixty'"),
+        (["-w", "1.5"], "argument -w/--window: expected an integer, got '1.5'"),
+        (["-p", "65536"], "argument -p/--ports: item 1: port 65536 is outside 0..65535"),
+        (["-p", "22,,80"], "argument -p/--ports: item 2: empty item"),
+        (["-p", ""], "argument -p/--ports: empty port list (use 0 for all ports)"),
+        (["-p", "ssh"], "argument -p/--ports: item 1: 'ssh' is neither a port number nor"),
+        (["-p", "8100-8000"], "argument -p/--ports: item 1: range 8100-8000 is reversed"),
+        (["-p", "0,22"], "argument -p/--ports: 0 means all ports and cannot be mixed"),
+        (["-s", "0"], "argument -s/--server-port: must be 1..65535, got 0"),
+        (["-s", "65536"], "argument -s/--server-port: must be 1..65535, got 65536"),
+        (["-i", "lo,"], "argument -i/--iface: empty interface name in 'lo,'"),
+        (["-i", ""], "argument -i/--iface: empty interface name in ''"),
+        (["-i", "lo", "-i", "lo"], "argument -i/--iface: interface 'lo' is listed twice"),
+        (["--xdp-mode", "drv"], "argument --xdp-mode: must be one of skb, native"),
+        (["--listen-address", "localhost"], "argument --listen-address: 'localhost' is not an"),
+        (["--max-entries", "0"], "argument --max-entries: must be 1..134217728, got 0"),
+        (
+            ["--refresh-interval", "7"],
+            "argument --refresh-interval: the window (60 s) must be a multiple of "
+            "refresh_interval (7 s)",
+        ),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--serve"], "unrecognized arguments: --serve"),  # no abbreviations
+        (["-w"], "argument -w/--window: expected one argument"),
+        (["extra"], "unrecognized arguments: extra"),
+    ],
+)
+def test_bad_flags(argv: list[str], message: str, no_default_config: Path) -> None:
+    assert error_of(argv, no_default_config).startswith(message)
+
+
+# ------------------------------------------------------------------------------------------
+# The configuration file and the flags over it
+
+
+def test_missing_default_file_is_fine(no_default_config: Path) -> None:
+    assert settings(["-i", "lo"], no_default_config).interfaces == ("lo",)
+
+
+def test_missing_named_file_is_an_error(tmp_path: Path, no_default_config: Path) -> None:
+    named = tmp_path / "named.toml"
+    assert error_of(["-c", str(named)], no_default_config) == (
+        f"{named}: configuration file does not exist"
+    )
+
+
+def test_default_file_is_read_when_present(tmp_path: Path) -> None:
+    default = tmp_path / "config.toml"
+    default.write_text('interfaces = ["lo"]\nwindow = 30\n')
+    result = settings([], default)
+    assert (result.interfaces, result.window, result.config_path) == (("lo",), 30, default)
+
+
+def test_flags_override_only_what_they_name(tmp_path: Path, no_default_config: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        'interfaces = ["lo"]\nports = [22, "8000-8001"]\nwindow = 120\nserver_port = 9031\n'
+        "serve_ip_list = true\n"
+    )
+    result = settings(["-c", str(path), "-w", "30", "-p", "443"], no_default_config)
+    assert result.window == 30  # flag
+    assert result.ports == PortFilter.of({443})  # flag
+    assert result.interfaces == ("lo",)  # file
+    assert result.server_port == 9031  # file
+    assert result.serve_ip_list is True  # file (the flag can only turn it on)
+    assert result.listen_address == "0.0.0.0"  # default
+    assert result.config_path == path
+    assert result.origins["window"] == "argument -w/--window"
+    assert result.origins["interfaces"] == f"{path}: key 'interfaces'"
+
+
+def test_flag_error_names_the_flag_not_the_file(tmp_path: Path, no_default_config: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("window = 60\n")
+    assert error_of(["-c", str(path), "-w", "25"], no_default_config).startswith(
+        "argument -w/--window: "
+    )
+
+
+def test_file_error_is_reported_even_when_a_flag_overrides_the_key(
+    tmp_path: Path, no_default_config: Path
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("window = 25\n")
+    assert error_of(["-c", str(path), "-w", "60"], no_default_config) == (
+        f"{path}: key 'window': must be a positive multiple of 10 (seconds), got 25"
+    )
+
+
+def test_cross_key_error_names_the_file_key(tmp_path: Path, no_default_config: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("refresh_interval = 20\n")
+    assert error_of(["-c", str(path), "-w", "30"], no_default_config).startswith(
+        f"{path}: key 'refresh_interval': the window (30 s) must be a multiple of"
+    )
+
+
+def test_relative_config_path_is_made_absolute(
+    tmp_path: Path, no_default_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "rel.toml").write_text('interfaces = ["lo"]\n')
+    monkeypatch.chdir(tmp_path)
+    assert settings(["-c", "rel.toml"], no_default_config).config_path == tmp_path / "rel.toml"
+
+
+def test_reload_reads_the_file_again_and_keeps_the_flags(
+    tmp_path: Path, no_default_config: Path
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('interfaces = ["lo"]\nports = [22]\nwindow = 60\n')
+    argv = ["-c", str(path), "-w", "30"]
+    first = reload_settings(argv, default_config=no_default_config)
+    assert (first.ports, first.window) == (PortFilter.of({22}), 30)
+
+    path.write_text('interfaces = ["lo"]\nports = [80, 443]\nwindow = 120\n')
+    second = reload_settings(argv, default_config=no_default_config)
+    assert (second.ports, second.window) == (PortFilter.of({80, 443}), 30)
+
+    path.write_text('interfaces = ["lo"]\nports = [80, 443\n')
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        reload_settings(argv, default_config=no_default_config)
+
+    path.write_text('interfaces = ["lo", "nosuch0"]\n')
+    with pytest.raises(ConfigError, match="interface 'nosuch0' does not exist"):
+        reload_settings(argv, default_config=no_default_config)
+
+
+# ------------------------------------------------------------------------------------------
+# The command as a whole
+
+
+def test_help_keeps_the_contract() -> None:
+    result = run_module("--help")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "Usage: xdp-ip-counter [OPTIONS]"
+    assert "An eBPF XDP program that helps with finding IP addresses" in result.stdout
+    for line in CONTRACT_HELP_LINES:
+        assert line in lines, f"missing from --help: {line!r}"
+    for flag in ADDED_FLAGS:
+        assert flag in result.stdout
+    assert "--refresh-interval" not in result.stdout
+
+
+def test_short_help_flag() -> None:
+    result = run_module("-h")
+    assert result.returncode == 0
+    assert result.stdout.startswith("Usage: xdp-ip-counter [OPTIONS]\n")
+
+
+def test_version() -> None:
+    result = run_module("--version")
+    assert (result.returncode, result.stdout) == (0, f"xdp-ip-counter {__version__}\n")
+
+
+def test_check_config_ok(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('interfaces = ["lo"]\nports = [22, "8000-8100"]\nwindow = 30\n')
+    result = run_module("--check-config", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("configuration OK: interfaces lo; ports 22,8000-8100; ")
+    assert f"config file {path}" in result.stdout
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('interfaces = ["lo"]\nwindow = 15\n', "key 'window': must be a positive multiple of 10"),
+        ('interfaces = ["lo"]\nport = [22]\n', "key 'port': unknown key (did you mean 'ports'?"),
+        ('interfaces = ["nosuch0"]\n', "key 'interfaces': interface 'nosuch0' does not exist"),
+        ('interfaces = ["lo"\n', "invalid TOML"),
+    ],
+)
+def test_check_config_bad_file(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    result = run_module("--check-config", "-c", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"xdp-ip-counter: error: {path}: ")
+    assert expected in result.stderr
+    assert result.stderr.count("\n") == 1  # one line
+
+
+def test_check_config_bad_flag(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('interfaces = ["lo"]\n')
+    result = run_module("--check-config", "-c", str(path), "-p", "0,22")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "xdp-ip-counter: error: argument -p/--ports: "
+        "0 means all ports and cannot be mixed with other ports\n"
+    )
+
+
+def test_check_config_missing_named_file(tmp_path: Path) -> None:
+    result = run_module("--check-config", "-c", str(tmp_path / "absent.toml"))
+    assert result.returncode == 2
+    assert "absent.toml: configuration file does not exist" in result.stderr
+
+
+def test_main_turns_errors_into_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('interfaces = ["lo"]\n')
+    assert entry.main(["-c", str(path), "--unknown"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "xdp-ip-counter: error: unrecognized arguments: --unknown\n"
+    assert captured.out == ""
+
+
+def test_check_config_does_not_load_the_daemon(tmp_path: Path) -> None:
+    # In a fresh interpreter: in this one, other tests may have imported the daemon already.
+    path = tmp_path / "config.toml"
+    path.write_text('interfaces = ["lo"]\n')
+    program = (
+        "import sys\n"
+        "from xdp_ip_counter.__main__ import main\n"
+        f"code = main(['--check-config', '-c', {str(path)!r}])\n"
+        "print(code, sorted({'bcc', 'xdp_ip_counter.daemon'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [PYTHON, "-c", program],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "0 []"
