@@ -1,0 +1,108 @@
+"""The .deb: what it is called, what it holds, what it depends on, and lintian's verdict."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import xdp_ip_counter
+
+from .deb import REPO, BuiltDeb
+
+UNIT = "xdp-ip-counter.service"
+CONFIG = "/etc/xdp-ip-counter/config.toml"
+
+
+def test_deb_is_named_and_versioned_after_the_python_package(built_deb: BuiltDeb) -> None:
+    version = xdp_ip_counter.__version__
+    assert built_deb.path.name == f"xdp-ip-counter_{version}_all.deb"
+    assert built_deb.field("Package") == "xdp-ip-counter"
+    assert built_deb.field("Version") == version
+    assert built_deb.field("Architecture") == "all"
+
+
+def test_deb_depends_on_debians_bcc_and_libraries(built_deb: BuiltDeb) -> None:
+    depends = [group.strip() for group in built_deb.field("Depends").split(",")]
+    for package in (
+        "python3-bpfcc",
+        "python3-prometheus-client",
+        "python3-sdnotify",
+        "python3-numpy",
+    ):
+        assert package in depends, f"Depends lacks {package}: {depends}"
+    assert "python3-tomli | python3 (>= 3.11)" in depends
+    assert any(group.startswith("python3:any") for group in depends), depends
+    recommends = built_deb.field("Recommends")
+    assert "linux-headers-amd64" in recommends.split(" | ")[0], recommends
+
+
+def test_deb_installs_program_module_bpf_source_unit_and_config(built_deb: BuiltDeb) -> None:
+    paths = built_deb.paths()
+    expected = {
+        "/usr/bin/xdp-ip-counter",
+        "/usr/lib/python3/dist-packages/xdp_ip_counter/__main__.py",
+        "/usr/lib/python3/dist-packages/xdp_ip_counter/daemon.py",
+        "/usr/share/xdp-ip-counter/bpf/xdp_ip_counter.c",
+        "/usr/share/xdp-ip-counter/bpf/parsing.h",
+        f"/lib/systemd/system/{UNIT}",
+        CONFIG,
+        "/usr/share/man/man8/xdp-ip-counter.8.gz",
+        "/usr/share/doc/xdp-ip-counter/copyright",
+        "/usr/share/doc/xdp-ip-counter/README.md",
+    }
+    assert expected <= paths, f"missing from the .deb: {sorted(expected - paths)}"
+    # Every module of the checkout is shipped.
+    for module in sorted((REPO / "xdp_ip_counter").glob("*.py")):
+        assert f"/usr/lib/python3/dist-packages/xdp_ip_counter/{module.name}" in paths, module
+    assert not [p for p in paths if "__pycache__" in p or p.endswith(".pyc")]
+
+
+def test_deb_ships_the_checkouts_unit_config_and_bpf_source_unchanged(
+    built_deb: BuiltDeb,
+) -> None:
+    pairs = {
+        f"lib/systemd/system/{UNIT}": REPO / "systemd" / UNIT,
+        CONFIG.lstrip("/"): REPO / "packaging" / "config.toml",
+        "usr/share/xdp-ip-counter/bpf/xdp_ip_counter.c": REPO / "bpf" / "xdp_ip_counter.c",
+        "usr/share/xdp-ip-counter/bpf/parsing.h": REPO / "bpf" / "parsing.h",
+    }
+    for packaged, source in pairs.items():
+        assert built_deb.data_file(packaged) == source.read_bytes(), packaged
+
+
+def test_config_is_the_only_conffile(built_deb: BuiltDeb) -> None:
+    assert built_deb.control_file("conffiles").split() == [CONFIG]
+
+
+def test_maintainer_scripts_enable_the_unit_but_do_not_start_it(built_deb: BuiltDeb) -> None:
+    postinst = built_deb.control_file("postinst")
+    prerm = built_deb.control_file("prerm")
+    postrm = built_deb.control_file("postrm")
+    assert f"deb-systemd-helper enable '{UNIT}'" in postinst
+    # Not started on a first install; restarted after an upgrade only if it was running.
+    assert re.search(r"deb-systemd-invoke\s+start\b", postinst) is None, postinst
+    assert f"deb-systemd-invoke try-restart '{UNIT}'" in postinst
+    # Stopped on removal, forgotten on purge.
+    assert re.search(rf'"\$1" = remove.*\n\s*deb-systemd-invoke stop {UNIT}', prerm), prerm
+    assert f"deb-systemd-helper purge '{UNIT}'" in postrm
+
+
+def test_lintian_reports_no_errors_and_no_warnings(built_deb: BuiltDeb) -> None:
+    result = subprocess.run(
+        ["lintian", "--fail-on", "error,warning", "--no-tag-display-limit", str(built_deb.path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    tags = [line for line in result.stdout.splitlines() if re.match(r"[EW]: ", line)]
+    assert result.returncode == 0 and not tags, f"lintian:\n{result.stdout}{result.stderr}"
+
+
+def test_every_lintian_override_gives_its_reason() -> None:
+    for overrides in Path(REPO / "packaging" / "debian").glob("*lintian-overrides"):
+        lines = overrides.read_text().splitlines()
+        for number, line in enumerate(lines):
+            if line.strip() and not line.startswith("#"):
+                previous = lines[number - 1] if number else ""
+                assert previous.startswith("#"), f"{overrides.name}:{number + 1} has no reason"
