@@ -1,0 +1,244 @@
+"""The Prometheus exposition: a custom collector over the View the daemon swaps in per refresh.
+
+The collector never touches the kernel: everything it reports was computed by the refresh and is
+frozen in a View. Because a View never changes, its exposition is rendered once per format and
+served from a cache until the daemon swaps in the next one, so a scrape costs a dictionary lookup
+however many series there are.
+
+The process metrics of prometheus_client (``process_resident_memory_bytes``, CPU seconds, open
+file descriptors, start time) are included by default: they are what an operator watches to see
+the daemon's own cost. They change on every scrape, so they are rendered fresh from a separate
+registry and appended to the cached part; the golden-file tests render without them, which keeps
+the golden files byte-for-byte deterministic.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import exposition as classic
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.openmetrics import exposition as openmetrics
+
+from xdp_ip_counter import __version__
+from xdp_ip_counter.config import Settings
+from xdp_ip_counter.layout import FAMILIES, OUTCOMES, PROTOCOLS
+from xdp_ip_counter.window import ActiveSet, Snapshot, family_name, protocol_name
+
+PREFIX = "xdp_ip_counter_"
+
+
+@dataclass(frozen=True, eq=False)
+class View:
+    """Everything /, /metrics and /list serve, as of one refresh. Swapped whole, never changed.
+
+    It keeps the snapshot's summary (stats, entries, capacity), not its arrays, so that the
+    previous snapshot can be freed while the next one is being read.
+    """
+
+    active: ActiveSet
+    settings: Settings  # the settings in force for this refresh (ports, interfaces, window, ...)
+    last_refresh_time: float  # wall clock (s since the epoch) of the refresh's snapshot
+    refresh_duration: float = 0.0  # s the refresh took (read, window, expiry)
+    stats: Mapping[str, int] = field(default_factory=dict)  # outcome -> frames, all CPUs
+    entries_in_map: int = 0
+    capacity: int = 0
+    refresh_failures: int = 0  # refreshes that failed since start
+    reload_successful: bool = True  # the last configuration (re)load was applied
+    reload_time: float = 0.0  # wall clock of the last successful (re)load (start-up counts)
+    version: str = __version__
+
+    @classmethod
+    def of(cls, snapshot: Snapshot, active: ActiveSet, settings: Settings, **rest: object) -> View:
+        """A View of one refresh; ``rest`` are the remaining fields by name."""
+        return cls(
+            active=active,
+            settings=settings,
+            stats=dict(snapshot.stats),
+            entries_in_map=snapshot.entries_in_map,
+            capacity=snapshot.capacity,
+            **rest,  # type: ignore[arg-type]
+        )
+
+    def watched(self) -> ActiveSet:
+        """The active set restricted to the ports watched now.
+
+        After a reload narrows the ports, entries for ports no longer watched stay in the map
+        until they leave the window; /metrics and /list stop showing them at once.
+        """
+        ports = self.settings.ports
+        if ports.all_ports:
+            return self.active
+        return self.active.select(ports=sorted(ports.ports))
+
+
+class ViewCollector:
+    """prometheus_client collector over whatever View ``get_view`` returns (None: nothing yet)."""
+
+    def __init__(self, get_view: Callable[[], View | None]) -> None:
+        self._get_view = get_view
+
+    def collect(self) -> Iterator[Metric]:
+        view = self._get_view()
+        if view is None:
+            return
+        yield from metric_families(view)
+
+
+def metric_families(view: View) -> Iterator[Metric]:
+    """The metrics of one View, in a fixed order with samples in a fixed order."""
+    yield _active_users(view)
+
+    frames = CounterMetricFamily(
+        PREFIX + "frames",
+        "Frames seen by the XDP program, by outcome (every frame counts once; all are passed on)",
+        labels=["outcome"],
+    )
+    for outcome in OUTCOMES:  # the kernel's order, documented in layout.py
+        frames.add_metric([outcome], view.stats.get(outcome, 0))
+    yield frames
+
+    yield _gauge(
+        "map_entries", "Entries in the kernel sources map at the last refresh", view.entries_in_map
+    )
+    yield _gauge("map_capacity", "Capacity of the kernel sources map (max_entries)", view.capacity)
+    yield CounterMetricFamily(
+        PREFIX + "insert_failures",
+        "New sources that could not be inserted into the kernel map",
+        value=view.stats.get("insert_failed", 0),
+    )
+    yield _gauge("window_seconds", "Length of the sliding window in seconds", view.settings.window)
+    yield _gauge(
+        "last_refresh_timestamp_seconds",
+        "Unix time of the last successful refresh of the active set",
+        view.last_refresh_time,
+    )
+    yield _gauge(
+        "refresh_duration_seconds",
+        "Seconds the last successful refresh took (map read, window, expiry)",
+        view.refresh_duration,
+    )
+    yield CounterMetricFamily(
+        PREFIX + "refresh_failures",
+        "Refreshes that failed (the previous result kept being served)",
+        value=view.refresh_failures,
+    )
+    yield _gauge(
+        "config_last_reload_successful",
+        "Whether the last configuration reload was applied (1) or rejected (0)",
+        1 if view.reload_successful else 0,
+    )
+    yield _gauge(
+        "config_last_reload_success_timestamp_seconds",
+        "Unix time of the last successful configuration load or reload",
+        view.reload_time,
+    )
+    build = GaugeMetricFamily(
+        PREFIX + "build_info",
+        "Version, XDP mode and interfaces of the running daemon (value is always 1)",
+        labels=["version", "xdp_mode", "interfaces"],
+    )
+    build.add_metric([view.version, view.settings.xdp_mode, ",".join(view.settings.interfaces)], 1)
+    yield build
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, documentation, value=value)
+
+
+def _active_users(view: View) -> GaugeMetricFamily:
+    """active_users{ip, proto, port}, samples ordered by (port, proto, ip) numerically.
+
+    With listed ports every listed port appears for every family and protocol (0 when nobody
+    came); with all ports only the ports that were hit appear.
+    """
+    family = GaugeMetricFamily(
+        "active_users",
+        "Distinct source addresses seen within the window, by address family (ip), "
+        "protocol and destination port, across all interfaces",
+        labels=["ip", "proto", "port"],
+    )
+    counts = view.active.count_map()
+    ports = view.settings.ports
+    if ports.all_ports:
+        for (fam, proto, port), sources in sorted(counts.items(), key=_port_proto_family):
+            family.add_metric([family_name(fam), protocol_name(proto), str(port)], sources)
+        return family
+    for port in sorted(ports.ports):
+        for proto, proto_text in sorted(PROTOCOLS.items()):
+            for fam, fam_text in sorted(FAMILIES.items()):
+                family.add_metric(
+                    [fam_text, proto_text, str(port)], counts.get((fam, proto, port), 0)
+                )
+    return family
+
+
+def _port_proto_family(item: tuple[tuple[int, int, int], int]) -> tuple[int, int, int]:
+    (fam, proto, port), _ = item
+    return port, proto, fam
+
+
+class _FixedCollector:
+    """A collector over one View: what the cache renders."""
+
+    def __init__(self, view: View) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[Metric]:
+        return metric_families(self._view)
+
+
+OPENMETRICS = openmetrics.CONTENT_TYPE_LATEST
+CLASSIC = classic.CONTENT_TYPE_LATEST
+_EOF = b"# EOF\n"
+
+
+class Exposition:
+    """Renders a View in the format the scraper asked for (``Accept``), cached per View.
+
+    OpenMetrics when the Accept header lists ``application/openmetrics-text`` (Prometheus does),
+    the classic text format otherwise (curl, promtool), as prometheus_client's ``choose_encoder``
+    decides.
+    """
+
+    def __init__(self, process_metrics: bool = True) -> None:
+        self._lock = threading.Lock()
+        self._cached_view: weakref.ref[View] | None = None
+        self._cache: dict[str, bytes] = {}
+        self._process: CollectorRegistry | None = None
+        if process_metrics:
+            self._process = CollectorRegistry(auto_describe=False)
+            ProcessCollector(registry=self._process)
+
+    def render(self, view: View, accept_header: str | None) -> tuple[bytes, str]:
+        """(body, Content-Type) for this View and Accept header."""
+        encoder, content_type = classic.choose_encoder(accept_header or "")
+        is_openmetrics = content_type == OPENMETRICS
+        body = self._view_part(view, content_type, is_openmetrics)
+        if self._process is not None:
+            process = encoder(self._process)
+            body += process.removesuffix(_EOF) if is_openmetrics else process
+        return (body + _EOF if is_openmetrics else body), content_type
+
+    def _view_part(self, view: View, content_type: str, is_openmetrics: bool) -> bytes:
+        with self._lock:
+            cached = self._cached_view() if self._cached_view is not None else None
+            if cached is view and content_type in self._cache:
+                return self._cache[content_type]
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_FixedCollector(view))
+        if is_openmetrics:
+            body = openmetrics.generate_latest(registry).removesuffix(_EOF)
+        else:
+            body = classic.generate_latest(registry)
+        with self._lock:
+            cached = self._cached_view() if self._cached_view is not None else None
+            if cached is not view:
+                self._cached_view = weakref.ref(view)
+                self._cache = {}
+            self._cache[content_type] = body
+        return body
