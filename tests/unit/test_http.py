@@ -1,0 +1,515 @@
+"""http.py: /list rendering against a golden file, and a real server on 127.0.0.1 port 0.
+
+UPDATE_GOLDEN=1 rewrites the golden file (tests/unit/fixtures/list.json).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import ipaddress
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from xdp_ip_counter import http as server_module
+from xdp_ip_counter.config import PortFilter, Settings
+from xdp_ip_counter.http import ListenError, MetricsServer, list_filters, list_json_chunks
+from xdp_ip_counter.layout import KEY_DTYPE, VALUE_DTYPE
+from xdp_ip_counter.metrics import CLASSIC, OPENMETRICS, Exposition, View
+from xdp_ip_counter.window import Snapshot, active_set
+
+FIXTURES = Path(__file__).parent / "fixtures"
+S = 1_000_000_000
+MS = 1_000_000
+NOW = 9000 * S
+WALL = 1714564800.0  # 2024-05-01T12:00:00Z
+IFNAMES = {2: "eth0", 3: "eth1"}
+
+
+def assert_golden(name: str, actual: bytes) -> None:
+    path = FIXTURES / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(actual)
+    assert path.exists(), f"{path} is missing: run with UPDATE_GOLDEN=1 to create it"
+    assert actual == path.read_bytes(), f"differs from {path} (UPDATE_GOLDEN=1 to accept)"
+
+
+def key(ip: str, port: int, proto: int, ifindex: int) -> tuple:
+    address = ipaddress.ip_address(ip)
+    raw = ipaddress.IPv6Address(f"::ffff:{ip}").packed if address.version == 4 else address.packed
+    return (raw, ifindex, port, proto, address.version)
+
+
+# (address, port, proto, ifindex, first_seen, last_seen, packets, bytes)
+ENTRIES = [
+    ("10.8.0.10", 22, 6, 2, NOW - 40 * S, NOW - 1 * S - 250 * MS, 3, 180),
+    ("10.8.0.9", 22, 6, 2, NOW - 30 * S, NOW - 20 * S, 1, 60),
+    ("10.8.0.9", 22, 6, 3, NOW - 35 * S - 1 * MS, NOW - 10 * S, 2, 120),  # second interface
+    ("10.8.0.9", 22, 17, 3, NOW - 5 * S, NOW - 5 * S, 1, 40),
+    ("fd00:8::1", 22, 6, 3, NOW - 2 * S, NOW - 2 * S, 1, 80),
+    ("fd00:8::abcd:0:0:1", 443, 6, 2, NOW - 3 * S, NOW - 3 * S, 4, 320),
+    ("10.8.0.11", 443, 6, 9, NOW - 4 * S, NOW - 4 * S, 1, 60),  # ifindex without a name
+    ("10.8.0.12", 5353, 17, 2, NOW - 6 * S, NOW - 6 * S, 2, 200),
+    ("10.8.0.13", 22, 6, 2, NOW - 90 * S, NOW - 61 * S, 9, 900),  # outside the window
+]
+
+
+def sample_view(
+    ports: PortFilter | None = None, serve_ip_list: bool = True, **changes: Any
+) -> View:
+    keys = np.array(
+        [key(ip, port, proto, ifindex) for ip, port, proto, ifindex, *_ in ENTRIES], KEY_DTYPE
+    )
+    values = np.array([tuple(e[4:]) for e in ENTRIES], VALUE_DTYPE)
+    snap = Snapshot(keys, values, NOW, WALL, {"recorded": 12}, len(keys), 4096)
+    settings = Settings(
+        interfaces=("eth0", "eth1"),
+        ports=ports or PortFilter.all(),
+        window=60,
+        serve_ip_list=serve_ip_list,
+    )
+    view = View.of(
+        snap,
+        active_set(snap, 60, IFNAMES),
+        settings,
+        last_refresh_time=WALL,
+        refresh_duration=0.01,
+        reload_time=WALL,
+        version="0.0.0-test",
+    )
+    return replace(view, **changes) if changes else view
+
+
+def golden_rows() -> list[dict[str, Any]]:
+    return json.loads((FIXTURES / "list.json").read_bytes())
+
+
+# -- /list rendering ------------------------------------------------------------------------
+
+
+def test_list_matches_golden() -> None:
+    body = b"".join(list_json_chunks(sample_view().watched()))
+    assert_golden("list.json", body)
+    rows = json.loads(body)
+    assert [r["ip"] for r in rows] == [
+        "10.8.0.9",
+        "10.8.0.10",
+        "fd00:8::1",
+        "10.8.0.9",
+        "10.8.0.11",
+        "fd00:8::abcd:0:0:1",  # of two equal zero runs the first is compressed
+        "10.8.0.12",
+    ]
+    assert rows[0] == {
+        "ip": "10.8.0.9",
+        "type": "v4",
+        "port": 22,
+        "proto": "tcp",
+        "interfaces": ["eth0", "eth1"],
+        "first_seen": "2024-05-01T11:59:24.999Z",
+        "last_seen": "2024-05-01T11:59:50.000Z",
+        "packets": 3,
+        "bytes": 180,
+    }
+    assert rows[4]["interfaces"] == ["if9"]
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 3, 7, 100])
+def test_list_chunks_join_to_the_same_document(chunk_rows: int) -> None:
+    active = sample_view().watched()
+    assert b"".join(list_json_chunks(active, chunk_rows)) == b"".join(list_json_chunks(active))
+
+
+def test_empty_list_is_an_empty_array() -> None:
+    empty = sample_view().active.select(ports=[1])
+    assert b"".join(list_json_chunks(empty)) == b"[]\n"
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("", {}),
+        ("port=22", {"ports": [22]}),
+        ("port=22&port=443", {"ports": [22, 443]}),
+        ("port=22,443", {"ports": [22, 443]}),
+        ("port=0&port=65535", {"ports": [0, 65535]}),
+        ("proto=UDP", {"protos": [17]}),
+        ("type=v6&iface=eth1", {"families": [6], "interfaces": ["eth1"]}),
+    ],
+)
+def test_list_filters(query: str, expected: dict[str, list[object]]) -> None:
+    assert list_filters(query) == expected
+
+
+# -- a real server --------------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    server: MetricsServer
+    view: View | None
+
+    def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
+        try:
+            connection.request(method, path, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, response.headers, response.read()
+        finally:
+            connection.close()
+
+    def get_json(self, path: str) -> tuple[int, Any]:
+        status, headers, body = self.request("GET", path)
+        assert headers["Content-Type"] == "application/json"
+        return status, json.loads(body)
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    state = Served(server=None, view=sample_view())  # type: ignore[arg-type]
+    server = MetricsServer.bind("127.0.0.1", 0, lambda: state.view, Exposition(False))
+    state.server = server
+    server.start()
+    try:
+        yield state
+    finally:
+        server.close()
+
+
+def raw_exchange(port: int, data: bytes, family: int = socket.AF_INET) -> bytes:
+    """Send bytes, read the whole answer until the server closes."""
+    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    with socket.create_connection((host, port), timeout=10) as conn:
+        conn.sendall(data)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_index_page(served: Served) -> None:
+    status, headers, body = served.request("GET", "/")
+    assert status == 200
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    page = body.decode()
+    assert '<a href="metrics">' in page
+    assert '<a href="list">' in page
+    assert "eth0, eth1" in page
+    assert "<td>60 s</td>" in page
+    served.view = sample_view(ports=PortFilter.of([22, 80, 81, 82]), serve_ip_list=False)
+    page = served.request("GET", "/")[2].decode()
+    assert '<a href="list">' not in page
+    assert "<td>22,80-82</td>" in page
+
+
+@pytest.mark.parametrize(
+    ("accept", "content_type"),
+    [
+        (None, CLASSIC),
+        ("text/plain", CLASSIC),
+        ("application/openmetrics-text;version=1.0.0,text/plain;q=0.5", OPENMETRICS),
+    ],
+)
+def test_metrics_negotiates_the_format(
+    served: Served, accept: str | None, content_type: str
+) -> None:
+    status, headers, body = served.request("GET", "/metrics", {"Accept": accept} if accept else {})
+    assert status == 200
+    assert headers["Content-Type"] == content_type
+    assert body == Exposition(False).render(served.view, accept)[0]  # type: ignore[arg-type]
+    assert int(headers["Content-Length"]) == len(body)
+
+
+def test_metrics_follow_the_view_swap(served: Served) -> None:
+    assert b"xdp_ip_counter_refresh_failures_total 0.0" in served.request("GET", "/metrics")[2]
+    served.view = replace(served.view, refresh_failures=3)  # type: ignore[type-var]
+    assert b"xdp_ip_counter_refresh_failures_total 3.0" in served.request("GET", "/metrics")[2]
+
+
+def test_list_over_http_is_the_golden_document(served: Served) -> None:
+    status, headers, body = served.request("GET", "/list")
+    assert status == 200
+    assert headers["Content-Type"] == "application/json"
+    assert "Content-Length" not in headers  # streamed; the body ends with the connection
+    assert body == (FIXTURES / "list.json").read_bytes()
+
+
+def test_list_shows_only_watched_ports(served: Served) -> None:
+    served.view = sample_view(ports=PortFilter.of([443, 8080]))
+    status, rows = served.get_json("/list")
+    assert status == 200
+    assert rows == [r for r in golden_rows() if r["port"] == 443]
+
+
+@pytest.mark.parametrize(
+    ("query", "keep"),
+    [
+        ("port=22", lambda r: r["port"] == 22),
+        ("port=443&port=5353", lambda r: r["port"] in (443, 5353)),
+        ("port=443,5353", lambda r: r["port"] in (443, 5353)),
+        ("proto=udp", lambda r: r["proto"] == "udp"),
+        ("type=v6", lambda r: r["type"] == "v6"),
+        (
+            "type=v4&proto=tcp&port=22",
+            lambda r: (r["type"], r["proto"], r["port"]) == ("v4", "tcp", 22),
+        ),
+        ("iface=eth1", lambda r: "eth1" in r["interfaces"]),
+        ("iface=if9", lambda r: "if9" in r["interfaces"]),
+        ("iface=eth0&iface=if9", lambda r: {"eth0", "if9"} & set(r["interfaces"])),
+        ("iface=wlan7", lambda r: False),
+        ("port=1", lambda r: False),
+    ],
+)
+def test_list_filters_over_http(
+    served: Served, query: str, keep: Callable[[dict[str, Any]], bool]
+) -> None:
+    status, rows = served.get_json(f"/list?{query}")
+    assert status == 200
+    expected = [r for r in golden_rows() if keep(r)]
+    assert rows == expected
+    assert query.startswith(("iface=wlan7", "port=1")) or 0 < len(rows) < len(golden_rows())
+
+
+@pytest.mark.parametrize(
+    ("query", "names"),
+    [
+        ("port=65536", "port"),
+        ("port=-1", "port"),
+        ("port=22x", "port"),
+        ("port=+22", "port"),
+        ("port=", "port"),
+        ("port=22,,80", "port"),
+        ("proto=icmp", "proto"),
+        ("type=v5", "type"),
+        ("type=", "type"),
+        ("iface=a/b", "iface"),
+        ("iface=waytoolonginterfacename", "iface"),
+        ("ip=10.0.0.1", "ip"),
+        ("port", "malformed"),
+        ("&".join(f"port={p}" for p in range(100)), "malformed"),
+    ],
+)
+def test_bad_list_query_is_400_with_a_json_error(served: Served, query: str, names: str) -> None:
+    status, body = served.get_json(f"/list?{query}")
+    assert status == 400
+    assert set(body) == {"error"}
+    assert names in body["error"]
+
+
+def test_list_disabled_is_404(served: Served) -> None:
+    served.view = sample_view(serve_ip_list=False)
+    status, body = served.get_json("/list")
+    assert status == 404
+    assert "--serve-ip-list" in body["error"]
+
+
+@pytest.mark.parametrize("path", ["/nope", "/list/", "/metrics/", "/index.html", "/metrics.txt"])
+def test_unknown_path_is_404(served: Served, path: str) -> None:
+    status, body = served.get_json(path)
+    assert status == 404
+    assert "no such page" in body["error"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "BREW"])
+@pytest.mark.parametrize("path", ["/", "/metrics", "/list"])
+def test_other_methods_are_405(served: Served, method: str, path: str) -> None:
+    status, headers, body = served.request(method, path)
+    assert status == 405
+    assert headers["Allow"] == "GET, HEAD"
+    assert headers["Content-Type"] == "application/json"
+    assert method in json.loads(body)["error"]
+
+
+@pytest.mark.parametrize("path", ["/", "/metrics", "/list", "/list?port=22", "/list?port=x", "/no"])
+def test_head_is_get_without_a_body(served: Served, path: str) -> None:
+    get_status, get_headers, get_body = served.request("GET", path)
+    head_status, head_headers, head_body = served.request("HEAD", path)
+    assert head_body == b""
+    assert head_status == get_status
+    assert head_headers["Content-Type"] == get_headers["Content-Type"]
+    assert head_headers.get("Content-Length") == get_headers.get("Content-Length")
+    if "Content-Length" in get_headers:
+        assert int(get_headers["Content-Length"]) == len(get_body)
+
+
+def test_no_view_yet_is_503(served: Served) -> None:
+    served.view = None
+    for path in ("/", "/metrics", "/list"):
+        status, headers, _ = served.request("GET", path)
+        assert status == 503
+        assert headers["Retry-After"] == "1"
+
+
+def test_requests_are_not_logged_above_debug(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="xdp_ip_counter"):
+        served.request("GET", "/metrics")
+        served.request("GET", "/nope")
+    assert [r for r in caplog.records if r.levelno > logging.DEBUG] == []
+    assert any("GET /metrics" in r.getMessage() for r in caplog.records)
+
+
+# -- limits ---------------------------------------------------------------------------------
+
+
+def test_long_request_line_is_414(served: Served) -> None:
+    answer = raw_exchange(served.server.port, b"GET /" + b"a" * 9000 + b" HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 414 ")
+    assert b'{"error": "request line too long"}' in answer
+
+
+def test_large_headers_are_431(served: Served) -> None:
+    headers = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"b" * 1000) for i in range(40))
+    answer = raw_exchange(served.server.port, b"GET / HTTP/1.0\r\n" + headers + b"\r\n")
+    assert answer.startswith(b"HTTP/1.0 431 ")
+
+
+def test_many_headers_are_431(served: Served) -> None:
+    headers = b"".join(b"X-%d: 1\r\n" % i for i in range(server_module.MAX_HEADERS + 1))
+    answer = raw_exchange(served.server.port, b"GET / HTTP/1.0\r\n" + headers + b"\r\n")
+    assert answer.startswith(b"HTTP/1.0 431 ")
+
+
+@pytest.mark.parametrize(
+    "request_line", [b"HELLO THERE GENERAL KENOBI", b"GET /metrics", b"GET / HTTP/x.y", b"\x00\xff"]
+)
+def test_bad_request_line_is_400(served: Served, request_line: bytes) -> None:
+    answer = raw_exchange(served.server.port, request_line + b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 400 ")
+    assert b"Content-Type: application/json" in answer
+
+
+def test_one_request_per_connection(served: Served) -> None:
+    two = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    answer = raw_exchange(served.server.port, two)
+    assert answer.count(b"HTTP/1.0 200 OK") == 1
+    assert b"Connection: close" in answer
+
+
+def test_a_slow_request_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_module, "REQUEST_TIMEOUT_S", 1.0)
+    server = MetricsServer.bind("127.0.0.1", 0, sample_view, Exposition(False))
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            conn.sendall(b"GET / HTTP/1.0\r\n")
+            started = time.monotonic()
+            closed = False
+            # A header byte every 0.2 s: each read is quick, the request never completes.
+            while time.monotonic() - started < 5:
+                try:
+                    conn.sendall(b"X")
+                except OSError:
+                    closed = True
+                    break
+                with contextlib.suppress(TimeoutError):
+                    conn.settimeout(0.2)
+                    if conn.recv(65536) == b"":
+                        closed = True
+                        break
+            assert closed, "a request trickling in for 5 s was not cut off"
+            assert time.monotonic() - started < 3
+    finally:
+        server.close()
+
+
+def test_connections_beyond_the_limit_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 2)
+    server = MetricsServer.bind("127.0.0.1", 0, sample_view, Exposition(False))
+    server.start()
+    idle = []
+    try:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(2)]
+        for conn in idle:  # make sure both are accepted (being served) before the third
+            conn.sendall(b"GET / HTTP/1.0\r\n")
+        deadline = time.monotonic() + 5
+        while server.connections < 2:
+            assert time.monotonic() < deadline, "the two connections were not accepted"
+            time.sleep(0.01)
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=5) as third,
+            contextlib.suppress(ConnectionResetError),
+        ):
+            assert third.recv(65536) == b""  # closed without an answer
+        idle.pop().close()
+        deadline = time.monotonic() + 5
+        while server.connections == 2:
+            assert time.monotonic() < deadline, "a closed connection did not free its slot"
+            time.sleep(0.01)
+        assert raw_exchange(server.port, b"GET / HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200")
+    finally:
+        for conn in idle:
+            conn.close()
+        server.close()
+
+
+# -- binding --------------------------------------------------------------------------------
+
+
+def test_port_in_use_is_a_listen_error() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(ListenError, match=rf"cannot listen on 127\.0\.0\.1:{port}: .*in use"):
+            MetricsServer.bind("127.0.0.1", port, sample_view)
+
+
+def test_address_not_on_this_host_is_a_listen_error() -> None:
+    with pytest.raises(ListenError, match=r"cannot listen on 192\.0\.2\.1:0: "):
+        MetricsServer.bind("192.0.2.1", 0, sample_view)
+
+
+def ipv6_loopback_works() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def test_ipv6_listen_address(require: Callable[[object, str], None]) -> None:
+    require(ipv6_loopback_works(), "IPv6 loopback (::1) is not available here")
+    server = MetricsServer.bind("::1", 0, sample_view, Exposition(False))
+    server.start()
+    try:
+        answer = raw_exchange(server.port, b"GET /metrics HTTP/1.0\r\n\r\n", socket.AF_INET6)
+        assert answer.startswith(b"HTTP/1.0 200 ")
+    finally:
+        server.close()
+
+
+def test_any_ipv6_address_also_serves_ipv4(require: Callable[[object, str], None]) -> None:
+    require(ipv6_loopback_works(), "IPv6 is not available here")
+    server = MetricsServer.bind("::", 0, sample_view, Exposition(False))
+    server.start()
+    try:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            answer = raw_exchange(server.port, b"GET / HTTP/1.0\r\n\r\n", family)
+            assert answer.startswith(b"HTTP/1.0 200 ")
+    finally:
+        server.close()
+
+
+def test_close_releases_the_port() -> None:
+    server = MetricsServer.bind("127.0.0.1", 0, sample_view)
+    server.start()
+    port = server.port
+    server.close()
+    again = MetricsServer.bind("127.0.0.1", port, sample_view)
+    again.close()
