@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client import exposition as classic
@@ -36,33 +36,30 @@ PREFIX = "xdp_ip_counter_"
 class View:
     """Everything /, /metrics and /list serve, as of one refresh. Swapped whole, never changed.
 
-    It keeps the snapshot's summary (stats, entries, capacity), not its arrays, so that the
-    previous snapshot can be freed while the next one is being read.
+    Built as ``View(active=..., snapshot=..., settings=..., last_refresh_time=..., ...)``. Of the
+    snapshot it keeps only the summary (stats, entries, capacity), not the arrays, so that the
+    previous snapshot can be freed while the next one is being read. ``dataclasses.replace()``
+    works without the snapshot (e.g. to count a failed refresh): the summary is carried over.
     """
 
     active: ActiveSet
     settings: Settings  # the settings in force for this refresh (ports, interfaces, window, ...)
     last_refresh_time: float  # wall clock (s since the epoch) of the refresh's snapshot
+    snapshot: InitVar[Snapshot | None] = None  # sets stats, entries_in_map and capacity
     refresh_duration: float = 0.0  # s the refresh took (read, window, expiry)
-    stats: Mapping[str, int] = field(default_factory=dict)  # outcome -> frames, all CPUs
-    entries_in_map: int = 0
-    capacity: int = 0
     refresh_failures: int = 0  # refreshes that failed since start
     reload_successful: bool = True  # the last configuration (re)load was applied
     reload_time: float = 0.0  # wall clock of the last successful (re)load (start-up counts)
     version: str = __version__
+    stats: Mapping[str, int] = field(default_factory=dict)  # outcome -> frames, all CPUs
+    entries_in_map: int = 0
+    capacity: int = 0
 
-    @classmethod
-    def of(cls, snapshot: Snapshot, active: ActiveSet, settings: Settings, **rest: object) -> View:
-        """A View of one refresh; ``rest`` are the remaining fields by name."""
-        return cls(
-            active=active,
-            settings=settings,
-            stats=dict(snapshot.stats),
-            entries_in_map=snapshot.entries_in_map,
-            capacity=snapshot.capacity,
-            **rest,  # type: ignore[arg-type]
-        )
+    def __post_init__(self, snapshot: Snapshot | None) -> None:
+        if snapshot is not None:
+            object.__setattr__(self, "stats", dict(snapshot.stats))
+            object.__setattr__(self, "entries_in_map", snapshot.entries_in_map)
+            object.__setattr__(self, "capacity", snapshot.capacity)
 
     def watched(self) -> ActiveSet:
         """The active set restricted to the ports watched now.

@@ -79,10 +79,10 @@ def sample_view(
         window=60,
         serve_ip_list=serve_ip_list,
     )
-    view = View.of(
-        snap,
-        active_set(snap, 60, IFNAMES),
-        settings,
+    view = View(
+        active=active_set(snap, 60, IFNAMES),
+        snapshot=snap,
+        settings=settings,
         last_refresh_time=WALL,
         refresh_duration=0.01,
         reload_time=WALL,

@@ -68,10 +68,10 @@ def sample_view(ports: PortFilter, **changes: object) -> View:
     settings = Settings(
         interfaces=("eth0", "eth1"), ports=ports, window=60, serve_ip_list=True, xdp_mode="native"
     )
-    view = View.of(
-        snap,
-        active_set(snap, 60, {2: "eth0", 3: "eth1"}),
-        settings,
+    view = View(
+        active=active_set(snap, 60, {2: "eth0", 3: "eth1"}),
+        snapshot=snap,
+        settings=settings,
         last_refresh_time=WALL,
         refresh_duration=0.125,
         refresh_failures=1,
@@ -250,3 +250,13 @@ def test_promtool_check_metrics(ports: PortFilter, require: Callable[[object, st
     assert unexpected == []
     if result.returncode == 3:
         assert findings, "promtool reported lint problems without naming them"
+
+
+def test_view_keeps_the_snapshot_summary_not_its_arrays() -> None:
+    view = sample_view(ALL)
+    assert (view.entries_in_map, view.capacity) == (7, 262144)
+    assert view.stats["insert_failed"] == 10 * OUTCOMES.index("insert_failed")
+    assert not any(isinstance(v, np.ndarray) for v in vars(view).values())
+    failed = replace(view, refresh_failures=2)  # what the daemon does when a refresh fails
+    assert (failed.entries_in_map, failed.capacity, failed.stats) == (7, 262144, view.stats)
+    assert failed.active is view.active
