@@ -25,6 +25,7 @@ def test_deb_is_named_and_versioned_after_the_python_package(built_deb: BuiltDeb
 def test_deb_depends_on_debians_bcc_and_libraries(built_deb: BuiltDeb) -> None:
     depends = [group.strip() for group in built_deb.field("Depends").split(",")]
     for package in (
+        "procps",  # /bin/kill, for the unit's ExecReload=
         "python3-bpfcc",
         "python3-prometheus-client",
         "python3-sdnotify",

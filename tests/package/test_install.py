@@ -1,0 +1,130 @@
+"""Install test: the .deb in a fresh Debian 12 root, its dependencies from Debian's archive.
+
+Checks that the files land, the configuration is a conffile and a local edit survives a
+reinstall, the unit is enabled and passes `systemd-analyze verify` with the installed program,
+the program runs there, and that a purge leaves the root exactly as it was before the install.
+The tests of this module share one root and run in order; the purge comes after the checks.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+import xdp_ip_counter
+
+from .deb import BuiltDeb
+from .debian_root import DebianRoot, debian_root
+
+pytestmark = pytest.mark.root
+
+UNIT = "xdp-ip-counter.service"
+CONFIG = "etc/xdp-ip-counter/config.toml"
+
+
+@dataclass
+class Installation:
+    root: DebianRoot
+    deb_in_root: str
+    paths_before: set[str]
+
+
+@pytest.fixture(scope="module")
+def installation(
+    built_deb: BuiltDeb, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Installation]:
+    if shutil.which("debootstrap") is None:
+        pytest.fail("debootstrap is missing: packaging/bootstrap.sh installs it")
+    with debian_root(tmp_path_factory.mktemp("install-root")) as root:
+        shutil.copy2(built_deb.path, root.path / "tmp" / built_deb.path.name)
+        deb_in_root = f"/tmp/{built_deb.path.name}"
+        root.run("apt-get", "-q", "update")
+        # Dependencies first (from the archive), so that the snapshot taken next holds them
+        # and the purge can be compared with it exactly.
+        depends = built_deb.field("Depends")
+        root.run("apt-get", "-q", "satisfy", "-y", "--no-install-recommends", depends)
+        paths_before = root.tracked_paths()
+        root.run("apt-get", "-q", "install", "-y", "--no-install-recommends", deb_in_root)
+        yield Installation(root, deb_in_root, paths_before)
+
+
+def test_files_land_where_they_should(installation: Installation) -> None:
+    root = installation.root.path
+    for path in (
+        "usr/bin/xdp-ip-counter",
+        "usr/lib/python3/dist-packages/xdp_ip_counter/__main__.py",
+        "usr/lib/python3/dist-packages/xdp_ip_counter/daemon.py",
+        "usr/share/xdp-ip-counter/bpf/xdp_ip_counter.c",
+        "usr/share/xdp-ip-counter/bpf/parsing.h",
+        f"lib/systemd/system/{UNIT}",
+        CONFIG,
+        "usr/share/man/man8/xdp-ip-counter.8.gz",
+    ):
+        assert (root / path).is_file(), f"/{path} is missing after the install"
+    assert (root / "usr/bin/xdp-ip-counter").stat().st_mode & 0o111
+
+
+def test_config_is_registered_as_a_conffile(installation: Installation) -> None:
+    conffiles = installation.root.run(
+        "dpkg-query", "--showformat=${Conffiles}", "--show", "xdp-ip-counter"
+    ).stdout.split()
+    assert f"/{CONFIG}" in conffiles, conffiles
+
+
+def test_unit_is_enabled(installation: Installation) -> None:
+    wants = installation.root.path / "etc/systemd/system/multi-user.target.wants" / UNIT
+    assert wants.is_symlink(), f"{wants} is missing: the unit is not enabled"
+    assert str(wants.readlink()) == f"/lib/systemd/system/{UNIT}"
+
+
+def test_installed_unit_passes_systemd_analyze_verify(installation: Installation) -> None:
+    result = installation.root.run("systemd-analyze", "verify", UNIT, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and output == "", f"systemd-analyze verify:\n{output}"
+
+
+def test_program_runs_and_reads_the_shipped_config(installation: Installation) -> None:
+    version = installation.root.run("xdp-ip-counter", "--version").stdout.strip()
+    assert version == f"xdp-ip-counter {xdp_ip_counter.__version__}"
+    # The shipped configuration is valid with the installed Python and libraries; the
+    # interface is overridden because the shipped default, eth0, need not exist here.
+    checked = installation.root.run("xdp-ip-counter", "--check-config", "--iface", "lo")
+    assert "config file /etc/xdp-ip-counter/config.toml" in checked.stdout, checked.stdout
+    installation.root.run("python3", "-c", "import bcc, numpy, prometheus_client, sdnotify")
+
+
+def test_local_config_edit_survives_reinstall(installation: Installation) -> None:
+    config = installation.root.path / CONFIG
+    edited = config.read_text().replace("window = 60", "window = 120")
+    assert edited != config.read_text()
+    config.write_text(edited)
+    installation.root.run("dpkg", "--force-confold", "-i", installation.deb_in_root)
+    assert config.read_text() == edited
+
+
+def test_purge_removes_everything(installation: Installation) -> None:
+    root = installation.root
+    root.run("apt-get", "-q", "purge", "-y", "xdp-ip-counter")
+    status = root.run("dpkg-query", "--show", "xdp-ip-counter", check=False)
+    assert status.returncode != 0, f"xdp-ip-counter still known to dpkg: {status.stdout}"
+    assert not (root.path / "etc/xdp-ip-counter").exists()
+    paths_after = root.tracked_paths()
+    assert paths_after == installation.paths_before, (
+        f"left behind: {sorted(paths_after - installation.paths_before)}; "
+        f"removed: {sorted(installation.paths_before - paths_after)}"
+    )
+
+
+def test_root_snapshot_sees_a_left_over_file(installation: Installation) -> None:
+    """The purge comparison can fail: a file added to the root shows up in the difference."""
+    stray = installation.root.path / "etc" / "xdp-ip-counter-stray"
+    stray.write_text("left over\n")
+    try:
+        assert installation.root.tracked_paths() - installation.paths_before == {
+            "etc/xdp-ip-counter-stray"
+        }
+    finally:
+        stray.unlink()
