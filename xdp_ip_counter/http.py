@@ -9,7 +9,8 @@ Limits, because the port may be reachable by clients that are not Prometheus:
   (431), at most 64 headers (431); a body is never read;
 - the whole request must arrive within 10 s of the connection (a client trickling headers is cut
   off), and every later socket operation (each write of the response) within 10 s;
-- at most 64 connections at once; beyond that new connections are closed at once.
+- at most 64 connections at once; beyond that new connections are closed at once;
+- at most 2 /list answers rendered at once (a million rows is ~2 s of CPU); more get 503.
 Requests are logged at debug level only: a scrape every few seconds is not news.
 """
 
@@ -48,6 +49,7 @@ MAX_QUERY_FIELDS = 64
 LINGER_S = 1.0  # after answering, how long to wait for the client to close
 LINGER_BYTES = 64 * 1024  # and how much of its unread input to drop meanwhile
 LIST_CHUNK_ROWS = 16384  # rows of /list rendered (and held as text) at a time
+MAX_LIST_RENDERS = 2  # /list answers being rendered at once (each costs CPU and a row copy)
 
 ALLOWED_METHODS = "GET, HEAD"
 HTML = "text/html; charset=utf-8"
@@ -314,17 +316,27 @@ class _Handler(BaseHTTPRequestHandler):
         except BadQuery as exc:
             self.send_error(HTTPStatus.BAD_REQUEST, str(exc))
             return
-        selected = view.watched().select(**filters)
+        if self.command == "HEAD":
+            self._list_headers()
+            return
+        if not self.server.list_renders.acquire(blocking=False):
+            self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "busy rendering /list: try again")
+            return
+        try:
+            selected = view.watched().select(**filters)
+            self._list_headers()
+            for chunk in list_json_chunks(selected):
+                self.wfile.write(chunk)
+        finally:
+            self.server.list_renders.release()
+
+    def _list_headers(self) -> None:
         # The length is not known before the last row is rendered: the body ends when the
         # connection closes (HTTP/1.0), and only one slice of rows is held as text at a time.
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", JSON)
         self._common_headers()
         self.end_headers()
-        if self.command == "HEAD":
-            return
-        for chunk in list_json_chunks(selected):
-            self.wfile.write(chunk)
 
     # -- responses -----------------------------------------------------------------------
 
@@ -378,6 +390,7 @@ class MetricsServer(ThreadingHTTPServer):
         self.address_family = _family_of(address)
         self._connections = 0
         self._connections_lock = threading.Lock()
+        self.list_renders = threading.BoundedSemaphore(MAX_LIST_RENDERS)
         self._deadlines: dict[_RequestReader, float] = {}
         self._deadlines_lock = threading.Lock()
         self._stopping = threading.Event()

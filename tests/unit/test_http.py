@@ -345,6 +345,21 @@ def test_head_is_get_without_a_body(served: Served, path: str) -> None:
         assert int(get_headers["Content-Length"]) == len(get_body)
 
 
+def test_list_renders_at_once_are_limited(served: Served) -> None:
+    for _ in range(server_module.MAX_LIST_RENDERS):
+        assert served.server.list_renders.acquire(blocking=False)
+    try:
+        status, headers, body = served.request("GET", "/list")
+        assert status == 503
+        assert headers["Retry-After"] == "1"
+        assert "busy" in json.loads(body)["error"]
+        assert served.request("GET", "/metrics")[0] == 200
+    finally:
+        for _ in range(server_module.MAX_LIST_RENDERS):
+            served.server.list_renders.release()
+    assert served.request("GET", "/list")[0] == 200
+
+
 def test_no_view_yet_is_503(served: Served) -> None:
     served.view = None
     for path in ("/", "/metrics", "/list"):
