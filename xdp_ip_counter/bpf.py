@@ -41,7 +41,10 @@ def source_dir() -> Path:
     candidates = []
     if os.environ.get("XDP_IP_COUNTER_BPF_DIR"):
         candidates.append(Path(os.environ["XDP_IP_COUNTER_BPF_DIR"]))
-    candidates += [Path(__file__).resolve().parent.parent / "bpf", Path("/usr/share/xdp-ip-counter/bpf")]
+    candidates += [
+        Path(__file__).resolve().parent.parent / "bpf",
+        Path("/usr/share/xdp-ip-counter/bpf"),
+    ]
     for candidate in candidates:
         if (candidate / PROGRAM_FILE).is_file():
             return candidate
@@ -98,7 +101,9 @@ class DataPath:
             self._bpf = BPF(src_file=str(directory / PROGRAM_FILE).encode(), cflags=cflags)
             self._fn = self._bpf.load_func(FUNCTION.encode(), BPF.XDP)
         except Exception as exc:  # bcc raises bare Exception for compile and load failures
-            raise CompileError(f"cannot compile or load {PROGRAM_FILE}: {exc}{_headers_hint()}") from exc
+            raise CompileError(
+                f"cannot compile or load {PROGRAM_FILE}: {exc}{_headers_hint()}"
+            ) from exc
         self.prog_fd: int = self._fn.fd
         self._sources = self._bpf[b"sources"]
         self._port_filter = self._bpf[b"port_filter"]

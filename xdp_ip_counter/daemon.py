@@ -1,0 +1,279 @@
+"""Lifecycle: start, refresh loop, SIGHUP reload, SIGTERM stop.
+
+One thread (the caller's) owns the data path and does every refresh; the HTTP server runs in a
+second thread and only reads the View the refresh loop swaps in. The watchdog is fed from the
+refresh loop, so a stuck loop stops the pings and systemd restarts the service.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from . import __version__
+from .bpf import AttachError, CompileError, DataPath
+from .config import ConfigError, Settings, diff, needs_restart, validate_interfaces
+from .http import ListenError, MetricsServer
+from .metrics import View
+from .systemd import Notifier
+from .window import Snapshot, active_set, stale_keys
+
+log = logging.getLogger("xdp_ip_counter")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+@dataclass
+class _Signals:
+    """What the signal handlers asked for; the loop acts on it."""
+
+    reload: bool = False
+    stop: bool = False
+    fatal: BaseException | None = None
+
+
+class Daemon:
+    def __init__(self, settings: Settings, reload_settings: Callable[[], Settings]) -> None:
+        self.settings = settings
+        self._reload_settings = reload_settings
+        self._notifier = Notifier()
+        self._wake = threading.Event()
+        self._signals = _Signals()
+        self._datapath: DataPath | None = None
+        self._server: MetricsServer | None = None
+        self._ifnames: dict[int, str] = {}
+        self._view: View | None = None
+        self._refresh_failures = 0
+        self._reload_ok = True
+        self._reload_time = time.time()
+        self._refresh_hang = float(os.environ.get("XDP_IP_COUNTER_TEST_HANG_REFRESH", "0") or 0)
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind, compile, configure, attach, first refresh, serve, READY — in that order, so
+        that a bad listen address fails before anything is attached."""
+        s = self.settings
+        validate_interfaces(s)
+        self._server = MetricsServer.bind(s.listen_address, s.server_port, self.current_view)
+        self._datapath = DataPath(s.max_entries)
+        self._datapath.set_ports(s.ports)
+        for ifname in s.interfaces:
+            self._attach(ifname)
+        log.info(
+            "watching %s (%s mode), ports %s, window %ss, refresh every %ss; serving on %s:%s",
+            ",".join(s.interfaces),
+            s.xdp_mode,
+            s.ports,
+            s.window,
+            s.refresh_interval,
+            s.listen_address,
+            s.server_port,
+        )
+        self.refresh()
+        self._server.start()
+        self._notifier.ready(status=self._status())
+
+    def _attach(self, ifname: str) -> None:
+        assert self._datapath is not None
+        link = self._datapath.attach(ifname, self.settings.xdp_mode)
+        self._ifnames[link.ifindex] = ifname
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def current_view(self) -> View | None:
+        return self._view
+
+    def refresh(self) -> None:
+        """Snapshot the kernel maps, compute the active set, expire what left the window."""
+        assert self._datapath is not None
+        started = time.monotonic()
+        if self._refresh_hang:
+            time.sleep(self._refresh_hang)  # test hook: a refresh that hangs (watchdog test)
+        try:
+            keys, values, taken_ns = self._datapath.read_sources()
+            wall = time.time()
+            stats = self._datapath.read_stats()
+        except OSError as exc:
+            self._refresh_failures += 1
+            log.error("refresh failed, serving the previous result: %s", exc)
+            if self._view is not None:
+                self._view = replace(self._view, refresh_failures=self._refresh_failures)
+            return
+        snapshot = Snapshot(
+            keys=keys,
+            values=values,
+            taken_at_ns=taken_ns,
+            taken_at_wall=wall,
+            stats=stats,
+            entries_in_map=len(keys),
+            capacity=self.settings.max_entries,
+        )
+        window = self.settings.window
+        active = active_set(snapshot, window, self._ifnames)
+        stale = stale_keys(snapshot, window)
+        if len(stale):
+            try:
+                self._datapath.expire(stale, taken_ns - window * 1_000_000_000)
+            except OSError as exc:
+                self._refresh_failures += 1
+                log.error("expiring old entries failed: %s", exc)
+        self._view = View(
+            active=active,
+            snapshot=snapshot,
+            settings=self.settings,
+            version=__version__,
+            last_refresh_time=wall,
+            refresh_duration=time.monotonic() - started,
+            refresh_failures=self._refresh_failures,
+            reload_successful=self._reload_ok,
+            reload_time=self._reload_time,
+        )
+
+    def _status(self) -> str:
+        view = self._view
+        tracked = len(view.active) if view is not None else 0
+        return (
+            f"watching {','.join(self.settings.interfaces)} ports {self.settings.ports}: "
+            f"{tracked} sources in the last {self.settings.window}s"
+        )
+
+    def loop(self) -> int:
+        interval = self.settings.refresh_interval
+        watchdog = self._notifier.watchdog_interval()
+        next_refresh = time.monotonic() + interval
+        while True:
+            now = time.monotonic()
+            timeout = next_refresh - now
+            if watchdog is not None:
+                timeout = min(timeout, watchdog)
+            self._wake.wait(max(timeout, 0))
+            self._wake.clear()
+            if self._signals.fatal is not None:
+                log.critical("a background thread died: %r; exiting", self._signals.fatal)
+                return EXIT_FAILURE
+            if self._signals.stop:
+                return EXIT_OK
+            if self._signals.reload:
+                self._signals.reload = False
+                self.reload()
+                next_refresh = time.monotonic()
+            if time.monotonic() >= next_refresh:
+                self.refresh()
+                self._notifier.status(self._status())
+                next_refresh += self.settings.refresh_interval
+                if next_refresh < time.monotonic():  # a slow refresh: don't try to catch up
+                    next_refresh = time.monotonic() + self.settings.refresh_interval
+            if watchdog is not None:
+                self._notifier.watchdog()
+
+    # -- reload -----------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Re-read the configuration and apply what can be applied live; on any error keep the
+        old configuration whole."""
+        self._notifier.reloading()
+        try:
+            new = self._reload_settings()
+            validate_interfaces(new)
+            self._apply(new)
+        except (ConfigError, AttachError) as exc:
+            self._reload_ok = False
+            log.error("reload rejected, keeping the previous configuration: %s", exc)
+        else:
+            self._reload_ok = True
+            self._reload_time = time.time()
+        self._notifier.ready(status=self._status())
+
+    def _apply(self, new: Settings) -> None:
+        old = self.settings
+        changes = diff(old, new)
+        restart = needs_restart(old, new)
+        for field in restart:
+            log.warning("%s changed: takes effect after a restart", field)
+        # Keep the running values of what needs a restart.
+        new = replace(new, **{f: getattr(old, f) for f in restart})
+        assert self._datapath is not None
+        added = [i for i in new.interfaces if i not in old.interfaces]
+        removed = [i for i in old.interfaces if i not in new.interfaces]
+        attached: list[str] = []
+        try:
+            for ifname in added:
+                self._attach(ifname)
+                attached.append(ifname)
+        except AttachError:
+            for ifname in attached:
+                self._datapath.detach(ifname)
+            raise
+        if new.ports != old.ports:
+            self._datapath.set_ports(new.ports)
+        for ifname in removed:
+            self._datapath.detach(ifname)
+        self.settings = new
+        if changes:
+            log.info("reloaded: %s", "; ".join(changes))
+        else:
+            log.info("reloaded: nothing changed")
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._notifier.stopping()
+        if self._server is not None:
+            self._server.close()
+        if self._datapath is not None:
+            self._datapath.close()
+            log.info("detached from %s", ",".join(self.settings.interfaces))
+
+    # -- signals and threads ----------------------------------------------------------------
+
+    def install_handlers(self) -> None:
+        def on_hup(_signum: int, _frame: object) -> None:
+            self._signals.reload = True
+            self._wake.set()
+
+        def on_term(_signum: int, _frame: object) -> None:
+            self._signals.stop = True
+            self._wake.set()
+
+        def on_thread_death(args: threading.ExceptHookArgs) -> None:
+            sys.__excepthook__(args.exc_type, args.exc_value, args.exc_traceback)
+            self._signals.fatal = args.exc_value or RuntimeError("thread died")
+            self._wake.set()
+
+        signal.signal(signal.SIGHUP, on_hup)
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        threading.excepthook = on_thread_death
+
+
+def run(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
+    daemon = Daemon(settings, reload_settings or (lambda: settings))
+    daemon.install_handlers()
+    try:
+        daemon.start()
+    except ConfigError as exc:
+        print(f"xdp-ip-counter: error: {exc}", file=sys.stderr)
+        daemon.close()
+        return EXIT_USAGE
+    except ListenError as exc:
+        print(f"xdp-ip-counter: error: {exc}", file=sys.stderr)
+        daemon.close()
+        return EXIT_USAGE
+    except (CompileError, AttachError) as exc:
+        print(f"xdp-ip-counter: error: {exc}", file=sys.stderr)
+        daemon.close()
+        return EXIT_FAILURE
+    try:
+        return daemon.loop()
+    finally:
+        daemon.close()
