@@ -43,7 +43,6 @@ def test_deb_installs_program_module_bpf_source_unit_and_config(built_deb: Built
     expected = {
         "/usr/bin/xdp-ip-counter",
         "/usr/lib/python3/dist-packages/xdp_ip_counter/__main__.py",
-        "/usr/lib/python3/dist-packages/xdp_ip_counter/daemon.py",
         "/usr/share/xdp-ip-counter/bpf/xdp_ip_counter.c",
         "/usr/share/xdp-ip-counter/bpf/parsing.h",
         f"/lib/systemd/system/{UNIT}",

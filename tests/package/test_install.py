@@ -16,7 +16,7 @@ import pytest
 
 import xdp_ip_counter
 
-from .deb import BuiltDeb
+from .deb import REPO, BuiltDeb
 from .debian_root import DebianRoot, debian_root
 
 pytestmark = pytest.mark.root
@@ -56,7 +56,6 @@ def test_files_land_where_they_should(installation: Installation) -> None:
     for path in (
         "usr/bin/xdp-ip-counter",
         "usr/lib/python3/dist-packages/xdp_ip_counter/__main__.py",
-        "usr/lib/python3/dist-packages/xdp_ip_counter/daemon.py",
         "usr/share/xdp-ip-counter/bpf/xdp_ip_counter.c",
         "usr/share/xdp-ip-counter/bpf/parsing.h",
         f"lib/systemd/system/{UNIT}",
@@ -65,6 +64,9 @@ def test_files_land_where_they_should(installation: Installation) -> None:
     ):
         assert (root / path).is_file(), f"/{path} is missing after the install"
     assert (root / "usr/bin/xdp-ip-counter").stat().st_mode & 0o111
+    for module in sorted((REPO / "xdp_ip_counter").glob("*.py")):
+        installed = root / "usr/lib/python3/dist-packages/xdp_ip_counter" / module.name
+        assert installed.is_file(), f"/{installed.relative_to(root)} is missing"
 
 
 def test_config_is_registered_as_a_conffile(installation: Installation) -> None:
