@@ -51,6 +51,21 @@ class PlaybookRun:
     def changed(self, host: str) -> int:
         return self.recap[host]["changed"]
 
+    def handler_outcomes(self, handler: str) -> dict[str, str]:
+        """host -> "changed"/"ok"/"skipping"/"failed" for a handler of the role; {} when it was
+        not notified at all."""
+        outcomes: dict[str, str] = {}
+        header = f"RUNNING HANDLER [xdp_ip_counter : {handler}]"
+        in_section = False
+        for line in self.output.splitlines():
+            if line.startswith(("TASK ", "RUNNING HANDLER ", "PLAY ")):
+                in_section = line.startswith(header)
+                continue
+            match = re.match(r"^(changed|ok|skipping|failed|fatal): \[(\S+)\]", line)
+            if in_section and match:
+                outcomes[match[2]] = match[1]
+        return outcomes
+
 
 _RECAP_LINE = re.compile(r"^(?P<host>\S+)\s+:\s+(?P<counts>(?:\w+=\d+\s*)+)$")
 
@@ -114,6 +129,31 @@ class Fleet:
         path = self.workdir / "inventory.json"  # JSON is YAML: ansible's yaml plugin reads it
         path.write_text(json.dumps(inventory, indent=2))
         return path
+
+    def diagnostics(self) -> str:
+        """The service's state and recent journal on each VM, for failure messages."""
+        parts = []
+        for machine in self.machines:
+            try:
+                result = machine.ssh(
+                    f"systemctl status --no-pager {SERVICE}; "
+                    f"journalctl --no-pager -o cat -n 40 -u {SERVICE}",
+                    check=False,
+                )
+                parts.append(f"--- {machine.name}:\n{result.stdout}{result.stderr}")
+            except (OSError, subprocess.SubprocessError) as error:
+                parts.append(f"--- {machine.name}: cannot reach it: {error}")
+        return "\n".join(parts)
+
+    def check(self, run: PlaybookRun) -> None:
+        """Fail the test, with the playbook's output and the services' journals, unless the run
+        succeeded on every VM."""
+        failed = run.returncode != 0 or any(
+            run.recap.get(m.name, {}).get("failed", 1) or run.recap[m.name]["unreachable"]
+            for m in self.machines
+        )
+        if failed:
+            raise AssertionError(f"{run.describe()}\n{self.diagnostics()}")
 
     def deploy(self, **changes: Any) -> PlaybookRun:
         """Run ansible/site.yml against both VMs with the role variables changed as given."""

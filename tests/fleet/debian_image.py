@@ -130,6 +130,7 @@ ENABLED_UNITS = ("systemd-networkd.service", "fleettest-setup.service", "ssh.ser
 MASKED_UNITS = ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer")
 
 FREE_SPACE_BYTES = 2 * 1024**3  # room in the image for the .deb and logs
+UNUSED_IMAGE_DAYS = 7  # images of other inputs are removed after this long unused
 
 
 class ImageBuildError(Exception):
@@ -172,6 +173,7 @@ def ensure_image(cache_root: Path = CACHE_ROOT, log: Path | None = None) -> Debi
     """The cached image for the current inputs, built first if missing (needs root)."""
     image = cached_image(cache_root)
     if image is not None:
+        (image.directory / "last-used").touch()
         return image
     cache_root.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(cache_root / ".lock"):
@@ -179,6 +181,7 @@ def ensure_image(cache_root: Path = CACHE_ROOT, log: Path | None = None) -> Debi
         if image is not None:
             return image
         _remove_abandoned_builds(cache_root)
+        _remove_unused_images(cache_root)
         build_dir = cache_root / f".build-{image_key()}-{os.getpid()}"
         try:
             _build(build_dir, log or cache_root / f"build-{image_key()}.log")
@@ -187,6 +190,7 @@ def ensure_image(cache_root: Path = CACHE_ROOT, log: Path | None = None) -> Debi
             _remove_build_dir(build_dir)
     image = cached_image(cache_root)
     assert image is not None
+    (image.directory / "last-used").touch()
     return image
 
 
@@ -225,6 +229,15 @@ def _remove_abandoned_builds(cache_root: Path) -> None:
     # Called under the lock, so no other build is running.
     for build_dir in cache_root.glob(".build-*"):
         _remove_build_dir(build_dir)
+
+
+def _remove_unused_images(cache_root: Path) -> None:
+    # Images built from other inputs (other checkouts, older commits) that no run used lately.
+    for directory in cache_root.glob("debian12-*"):
+        last_used = directory / "last-used"
+        stamp = last_used if last_used.exists() else directory
+        if time.time() - stamp.stat().st_mtime > UNUSED_IMAGE_DAYS * 86400:
+            shutil.rmtree(directory)
 
 
 def _run(step: str, command: list[str], log: Path) -> None:
