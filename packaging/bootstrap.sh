@@ -23,6 +23,7 @@ required_packages=(
     python3-venv               # the development venv (ruff)
     python3-pytest             # the test runner
     python3-scapy              # crafted frames for the kernel tests
+    python3-seccomp            # the unit's system call filter, applied in the hardening test
     netsniff-ng                # trafgen: packet load in tests and benchmarks
     nftables                   # firewall interplay tests
     prometheus                 # a real Prometheus scraping the daemon in the e2e tests

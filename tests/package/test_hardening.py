@@ -1,0 +1,181 @@
+"""The unit's sandbox lets the daemon work, and each capability it keeps is needed.
+
+No systemd runs here (PID 1 is not systemd), so the test builds the unit's sandbox from the unit
+file itself and starts the real daemon from the checkout inside it:
+  CapabilityBoundingSet=, NoNewPrivileges=   setpriv (uid 0, bounding set, no_new_privs)
+  SystemCallFilter=, SystemCallErrorNumber=, SystemCallArchitectures=, RestrictAddressFamilies=,
+  MemoryDenyWriteExecute=                     sandbox_exec.py (seccomp, PR_SET_MDWE)
+  ProtectSystem=strict, ProtectKernelTunables=   a private mount namespace with / , /sys and
+                                              /proc/sys read-only and /proc/kallsyms unreadable
+The daemon attaches to a veth in a network namespace the test made, and must send READY=1 and
+answer /metrics there. With any one capability of the set taken away it must fail to start.
+The fleet tests run the same unit under a real systemd, in VMs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .deb import REPO
+
+pytestmark = pytest.mark.root
+
+UNIT_PATH = REPO / "systemd" / "xdp-ip-counter.service"
+SANDBOX_EXEC = Path(__file__).with_name("sandbox_exec.py")
+PYTHON = "/usr/bin/python3"
+HOST_IF, PEER_IF = "xhard0", "xhard1"
+START_TIMEOUT = 90.0  # bcc compiles at start-up
+# ProtectSystem=strict and ProtectKernelTunables=, as far as a mount namespace can show them.
+MOUNT_SANDBOX = (
+    "set -e; mount -o remount,bind,ro /; mount -o remount,bind,ro /sys;"
+    " mount --bind /proc/sys /proc/sys; mount -o remount,bind,ro /proc/sys;"
+    ' mount --bind "$0" /proc/kallsyms; exec "$@"'
+)
+
+
+def unit_capabilities() -> list[str]:
+    lines = [
+        line.partition("=")[2]
+        for line in UNIT_PATH.read_text().splitlines()
+        if line.startswith("CapabilityBoundingSet=")
+    ]
+    assert len(lines) == 1, lines
+    return lines[0].split()
+
+
+def capability_mask(names: list[str]) -> int:
+    numbers = {"CAP_NET_ADMIN": 12, "CAP_PERFMON": 38, "CAP_BPF": 39}
+    return sum(1 << numbers[name] for name in names)
+
+
+@dataclass
+class SandboxedDaemon:
+    process: subprocess.Popen[bytes]
+    notify: socket.socket
+    log_path: Path
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once READY=1 arrives; False if the daemon exits first or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.notify.settimeout(0.2)
+            with contextlib.suppress(TimeoutError):
+                if b"READY=1" in self.notify.recv(4096).split(b"\n"):
+                    return True
+            if self.process.poll() is not None:
+                return False
+        return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A network namespace with a veth pair, both ends inside; removed whatever happens."""
+    name = f"xic-hardening-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for command in (
+            ["link", "add", HOST_IF, "type", "veth", "peer", "name", PEER_IF],
+            ["addr", "add", "10.231.0.1/24", "dev", HOST_IF],
+            ["addr", "add", "10.231.0.2/24", "dev", PEER_IF],
+            ["link", "set", HOST_IF, "up"],
+            ["link", "set", PEER_IF, "up"],
+            ["link", "set", "lo", "up"],
+        ):
+            subprocess.run(["ip", "-n", name, *command], check=True, capture_output=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.fixture
+def start_sandboxed(netns: str, tmp_path: Path) -> Iterator:
+    started: list[SandboxedDaemon] = []
+    inaccessible = tmp_path / "inaccessible"
+    inaccessible.write_text("")
+    inaccessible.chmod(0)
+    config = tmp_path / "config.toml"
+    config.write_text("")
+
+    def start(capabilities: list[str]) -> SandboxedDaemon:
+        notify_path = tmp_path / f"notify-{len(started)}.sock"
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(notify_path))
+        bounding = ",".join(["-all", *(f"+{c.removeprefix('CAP_').lower()}" for c in capabilities)])
+        command = [
+            "ip", "netns", "exec", netns,
+            "unshare", "--mount", "--propagation", "private",
+            "sh", "-c", MOUNT_SANDBOX, str(inaccessible),
+            "setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs",
+            PYTHON, str(SANDBOX_EXEC), str(UNIT_PATH),
+            PYTHON, "-m", "xdp_ip_counter", "-c", str(config),
+            "--iface", HOST_IF, "--listen-address", "127.0.0.1", "--server-port", "3031",
+        ]  # fmt: skip
+        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONPATH=str(REPO))
+        env.pop("WATCHDOG_USEC", None)
+        log_path = tmp_path / f"daemon-{len(started)}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        daemon = SandboxedDaemon(process, notify, log_path)
+        started.append(daemon)
+        return daemon
+
+    try:
+        yield start
+    finally:
+        for daemon in started:
+            if daemon.process.poll() is None:
+                daemon.process.send_signal(signal.SIGTERM)
+                try:
+                    daemon.process.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(daemon.process.pid, signal.SIGKILL)
+                    daemon.process.wait(10)
+            daemon.notify.close()
+
+
+def test_daemon_works_inside_the_units_sandbox(netns: str, start_sandboxed) -> None:
+    capabilities = unit_capabilities()
+    daemon = start_sandboxed(capabilities)
+    assert daemon.wait_ready(START_TIMEOUT), f"no READY=1 in the sandbox:\n{daemon.log()}"
+    status = dict(
+        line.split(":\t", 1)
+        for line in Path(f"/proc/{daemon.process.pid}/status").read_text().splitlines()
+        if ":\t" in line
+    )
+    # The sandbox really was in force for the process that answered.
+    assert int(status["CapEff"], 16) == capability_mask(capabilities), status["CapEff"]
+    assert int(status["CapBnd"], 16) == capability_mask(capabilities), status["CapBnd"]
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["Seccomp"].strip() == "2"
+    metrics = subprocess.run(
+        ["ip", "netns", "exec", netns, "curl", "-sf", "--max-time", "10",
+         "http://127.0.0.1:3031/metrics"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert metrics.returncode == 0, f"/metrics: {metrics.stderr}\n{daemon.log()}"
+    assert "xdp_ip_counter_" in metrics.stdout, metrics.stdout[:2000]
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(30) == 0, daemon.log()
+
+
+@pytest.mark.parametrize("dropped", unit_capabilities())
+def test_each_capability_of_the_unit_is_needed(dropped: str, start_sandboxed) -> None:
+    capabilities = [c for c in unit_capabilities() if c != dropped]
+    daemon = start_sandboxed(capabilities)
+    assert not daemon.wait_ready(START_TIMEOUT), f"started without {dropped}:\n{daemon.log()}"
+    assert daemon.process.wait(30) != 0, daemon.log()
