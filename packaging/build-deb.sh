@@ -25,6 +25,13 @@ if [[ "${version}" != "${python_version}" ]]; then
     exit 1
 fi
 
+for required in pyproject.toml README.md packaging/config.toml systemd/xdp-ip-counter.service; do
+    if [[ ! -f "${repo_dir}/${required}" ]]; then
+        say "${required} is missing: the package is built from it"
+        exit 1
+    fi
+done
+
 work_dir="$(mktemp -d -t xdp-ip-counter-deb.XXXXXX)"
 trap 'rm -rf "${work_dir}"' EXIT
 source_dir="${work_dir}/xdp-ip-counter-${version}"
