@@ -54,7 +54,8 @@ class Daemon:
         self._refresh_failures = 0
         self._reload_ok = True
         self._reload_time = time.time()
-        self._refresh_hang = float(os.environ.get("XDP_IP_COUNTER_TEST_HANG_REFRESH", "0") or 0)
+        # Test hook: while this file exists, a refresh blocks (a stuck loop, for the watchdog).
+        self._hang_file = os.environ.get("XDP_IP_COUNTER_TEST_HANG_FILE")
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -96,8 +97,8 @@ class Daemon:
         """Snapshot the kernel maps, compute the active set, expire what left the window."""
         assert self._datapath is not None
         started = time.monotonic()
-        if self._refresh_hang:
-            time.sleep(self._refresh_hang)  # test hook: a refresh that hangs (watchdog test)
+        while self._hang_file and os.path.exists(self._hang_file):
+            time.sleep(0.1)
         try:
             keys, values, taken_ns = self._datapath.read_sources()
             wall = time.time()

@@ -240,3 +240,60 @@ def test_prometheus_scrapes_it(lab: Lab, start_daemon, tmp_path) -> None:
         except subprocess.TimeoutExpired:
             prom.kill()
             prom.wait(10)
+
+
+def test_systemd_notifications(lab: Lab, start_daemon) -> None:
+    """READY once working, WATCHDOG at half WATCHDOG_USEC from the refresh loop, RELOADING with
+    MONOTONIC_USEC then READY around a SIGHUP, STOPPING on the way out."""
+    a, _ = lab.links
+    daemon = start_daemon(
+        interfaces=[a.host_if], ports=[22], env={"WATCHDOG_USEC": 2_000_000}, **FAST
+    )
+    ready = daemon.wait_notification("READY=1", 5)
+    assert "STATUS=" in "".join(daemon.messages[: ready + 1])
+    first = daemon.wait_notification("WATCHDOG=1", 5, ready)
+    started = time.monotonic()
+    # half of 2 s: about one ping a second
+    wait_for(
+        lambda: sum("WATCHDOG=1" in m for m in daemon.read_notifications()[first:]) >= 5,
+        10,
+        "five more watchdog pings",
+    )
+    elapsed = time.monotonic() - started
+    pings = sum("WATCHDOG=1" in m for m in daemon.messages[first:])
+    assert 0.5 <= elapsed / (pings - 1) <= 1.5, f"{pings} pings in {elapsed:.1f}s"
+
+    before = len(daemon.read_notifications())
+    daemon.reload()
+    reloading = next(m for m in daemon.messages[before:] if "RELOADING=1" in m)
+    assert "MONOTONIC_USEC=" in reloading
+    assert daemon.stop() == 0
+    assert any("STOPPING=1" in m for m in daemon.read_notifications()[before:])
+
+
+def test_a_stuck_refresh_loop_stops_the_watchdog(lab: Lab, start_daemon, tmp_path) -> None:
+    """The pings come from the loop that does the work: while a refresh hangs they stop (so
+    systemd would restart the service), though the HTTP server still answers."""
+    a, _ = lab.links
+    hang = tmp_path / "hang"
+    daemon = start_daemon(
+        interfaces=[a.host_if],
+        ports=[22],
+        env={"WATCHDOG_USEC": 1_000_000, "XDP_IP_COUNTER_TEST_HANG_FILE": hang},
+        **FAST,
+    )
+    daemon.wait_notification("WATCHDOG=1", 5)
+    hang.touch()
+    seen = {"count": -1, "at": time.monotonic()}
+
+    def silent_for_four_intervals() -> bool:
+        assert daemon.get("/metrics")[0] == 200  # the server is not what is stuck
+        pings = sum("WATCHDOG=1" in m for m in daemon.read_notifications())
+        if pings != seen["count"]:
+            seen.update(count=pings, at=time.monotonic())
+        return time.monotonic() - seen["at"] >= 2.0
+
+    wait_for(silent_for_four_intervals, 10, "the watchdog pings to stop", step=0.2)
+    after = len(daemon.read_notifications())
+    hang.unlink()
+    daemon.wait_notification("WATCHDOG=1", 5, after)
