@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Capacity of the kernel map of (interface, source, protocol, port) entries; when "
         "full, the least recently seen are evicted [default: 262144]",
     )
+    add(
+        "--pin-path",
+        metavar="DIR",
+        help="Keep the map of sources pinned in this bpffs directory, so that a restarted daemon "
+        "carries on with what was seen before; empty to disable [default: off]",
+    )
     # Not in --help: shorter refresh cycles are for tests (the key refresh_interval is documented).
     add("--refresh-interval", metavar="SECONDS", help=argparse.SUPPRESS)
     add(
@@ -197,6 +203,7 @@ _FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "xdp_mode": ("xdp_mode", lambda value, where: value),
     "max_entries": ("max_entries", _integer),
     "refresh_interval": ("refresh_interval", _integer),
+    "pin_path": ("pin_path", lambda value, where: value),
 }
 
 

@@ -254,6 +254,15 @@ def _check_xdp_mode(value: object, where: str) -> None:
         )
 
 
+def _check_pin_path(value: object, where: str) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(where, f"expected a directory path, got {_describe_value(value)}")
+    if value and not value.startswith("/"):
+        raise ConfigError(
+            where, f"must be an absolute path below a BPF filesystem (or empty), got {value!r}"
+        )
+
+
 def _check_ports(value: object, where: str) -> None:
     if not isinstance(value, PortFilter):
         raise ConfigError(where, f"expected a PortFilter, got {_describe_value(value)}")
@@ -269,6 +278,7 @@ _FIELD_CHECKS: dict[str, Callable[[object, str], None]] = {
     "xdp_mode": _check_xdp_mode,
     "max_entries": lambda value, where: _check_int(value, where, 1, MAX_ENTRIES_LIMIT),
     "refresh_interval": lambda value, where: _check_int(value, where, 1),
+    "pin_path": _check_pin_path,
 }
 
 # The flag that sets each key, for messages about defaults (cli.py defines the flags themselves).
@@ -282,11 +292,12 @@ FLAG_FOR_KEY = {
     "xdp_mode": "--xdp-mode",
     "max_entries": "--max-entries",
     "refresh_interval": "--refresh-interval",
+    "pin_path": "--pin-path",
 }
 
 # Changing these needs a restart: the HTTP socket and the kernel map are made once at start-up
 # (xdp_mode could be re-attached, but a restart keeps the reload path simple).
-RESTART_FIELDS = ("listen_address", "server_port", "max_entries", "xdp_mode")
+RESTART_FIELDS = ("listen_address", "server_port", "max_entries", "xdp_mode", "pin_path")
 
 
 @dataclass(frozen=True)
@@ -306,6 +317,7 @@ class Settings:
     xdp_mode: str = "skb"
     max_entries: int = 262144
     refresh_interval: int = 10
+    pin_path: str = ""  # a bpffs directory to keep the sources map in across restarts; "" = off
     config_path: Path | None = None
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -403,6 +415,7 @@ _FILE_TYPES: dict[str, tuple[type, ...]] = {
     "xdp_mode": (str,),
     "max_entries": (int,),
     "refresh_interval": (int,),
+    "pin_path": (str,),
 }
 FILE_KEYS = tuple(_FILE_TYPES)
 

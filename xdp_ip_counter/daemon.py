@@ -15,12 +15,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from . import __version__
 from .bpf import AttachError, CompileError, DataPath
 from .config import ConfigError, Settings, diff, needs_restart, validate_interfaces
 from .http import ListenError, MetricsServer
 from .metrics import View
+from .pinning import PinError, restore_and_pin
 from .systemd import Notifier
 from .window import Snapshot, active_set, stale_keys
 
@@ -29,6 +31,31 @@ log = logging.getLogger("xdp_ip_counter")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+
+class WallClock:
+    """Kernel monotonic ns -> wall-clock seconds, with an offset that stays put between
+    refreshes (so a source's first_seen reads the same each time) unless the wall clock is
+    stepped by more than STEP_NS."""
+
+    STEP_NS = 5_000_000
+
+    def __init__(self) -> None:
+        self.offset_ns = self._measure()
+
+    @staticmethod
+    def _measure() -> int:
+        before = time.monotonic_ns()
+        wall = time.time_ns()
+        after = time.monotonic_ns()
+        return wall - (before + after) // 2
+
+    def wall(self, monotonic_ns: int) -> float:
+        measured = self._measure()
+        if abs(measured - self.offset_ns) > self.STEP_NS:
+            log.info("wall clock stepped by %.3f s", (measured - self.offset_ns) / 1e9)
+            self.offset_ns = measured
+        return (monotonic_ns + self.offset_ns) / 1e9
 
 
 @dataclass
@@ -45,6 +72,7 @@ class Daemon:
         self.settings = settings
         self._reload_settings = reload_settings
         self._notifier = Notifier()
+        self._clock = WallClock()
         self._wake = threading.Event()
         self._signals = _Signals()
         self._datapath: DataPath | None = None
@@ -66,6 +94,9 @@ class Daemon:
         validate_interfaces(s)
         self._server = MetricsServer.bind(s.listen_address, s.server_port, self.current_view)
         self._datapath = DataPath(s.max_entries)
+        if s.pin_path:
+            carried = restore_and_pin(Path(s.pin_path), self._datapath.sources_fd, s.max_entries)
+            log.info("sources map pinned in %s (%d entries carried over)", s.pin_path, carried)
         self._datapath.set_ports(s.ports)
         for ifname in s.interfaces:
             self._attach(ifname)
@@ -101,7 +132,7 @@ class Daemon:
             time.sleep(0.1)
         try:
             keys, values, taken_ns = self._datapath.read_sources()
-            wall = time.time()
+            wall = self._clock.wall(taken_ns)
             stats = self._datapath.read_stats()
         except OSError as exc:
             self._refresh_failures += 1
@@ -270,7 +301,7 @@ def run(settings: Settings, reload_settings: Callable[[], Settings] | None = Non
         print(f"xdp-ip-counter: error: {exc}", file=sys.stderr)
         daemon.close()
         return EXIT_USAGE
-    except (CompileError, AttachError) as exc:
+    except (CompileError, AttachError, PinError) as exc:
         print(f"xdp-ip-counter: error: {exc}", file=sys.stderr)
         daemon.close()
         return EXIT_FAILURE

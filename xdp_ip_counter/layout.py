@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# Bumped whenever source_key or source_value change: a map pinned by another layout is not read.
+LAYOUT_VERSION = 1
+
 # struct source_key (24 bytes). IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d) in addr,
 # with family == 4; IPv6 addresses as they are, with family == 6. port is in host byte order.
 KEY_DTYPE = np.dtype(
