@@ -272,32 +272,38 @@ def active_set(snapshot: Snapshot, window_s: int, ifnames: Mapping[int, str]) ->
         return ActiveSet.empty(window_s, snapshot.taken_at_ns, snapshot.taken_at_wall)
 
     # Work on plain columns: gathering rows of a structured array is several times slower.
+    # Temporaries are dropped as soon as they are used: a million rows make each one 4-16 MB.
     keys, values = snapshot.keys, snapshot.values
-    # The address as two native integers in network (numeric) order.
-    address = np.ascontiguousarray(keys["addr"][selected]).view(np.uint64).reshape(-1, 2)
-    high = address[:, 0].view(">u8").astype(np.uint64)
-    low = address[:, 1].view(">u8").astype(np.uint64)
+    high, low = _address_halves(keys["addr"][selected])
     family = keys["family"][selected]
     # (port, proto, family) in one integer that sorts in that order.
-    group = (
-        (keys["port"][selected].astype(np.uint32) << 16)
-        | (keys["proto"][selected].astype(np.uint32) << 8)
-        | family.astype(np.uint32)
-    )
+    group = keys["port"][selected].astype(np.uint32)
+    group <<= 16
+    group |= keys["proto"][selected].astype(np.uint32) << 8
+    group |= family
     order = _sort_order(group, high, low, family == 4)
+    del family
     group, high, low = group[order], high[order], low[order]
+    selected = selected[order]
+    del order
 
-    new_row = np.empty(len(order), bool)
+    new_row = np.empty(len(selected), bool)
     new_row[0] = True
-    new_row[1:] = (group[1:] != group[:-1]) | (high[1:] != high[:-1]) | (low[1:] != low[:-1])
+    np.not_equal(group[1:], group[:-1], out=new_row[1:])
+    new_row[1:] |= high[1:] != high[:-1]
+    new_row[1:] |= low[1:] != low[:-1]
     starts = np.flatnonzero(new_row)
+    del new_row
 
     rows = np.empty(len(starts), ACTIVE_DTYPE)
-    rows["addr"] = address[order[starts]].view("V16").ravel()
-    rows["family"] = group[starts] & 0xFF
-    rows["proto"] = (group[starts] >> 8) & 0xFF
-    rows["port"] = group[starts] >> 16
-    selected = selected[order]
+    rows["addr"] = _address_bytes(high[starts], low[starts])
+    del high, low
+    first_group = group[starts]
+    del group
+    rows["family"] = first_group & 0xFF
+    rows["proto"] = (first_group >> 8) & 0xFF
+    rows["port"] = first_group >> 16
+    del first_group
     rows["first_seen"] = np.minimum.reduceat(values["first_seen"][selected], starts)
     rows["last_seen"] = np.maximum.reduceat(values["last_seen"][selected], starts)
     rows["packets"] = np.add.reduceat(values["packets"][selected], starts)
@@ -305,6 +311,7 @@ def active_set(snapshot: Snapshot, window_s: int, ifnames: Mapping[int, str]) ->
 
     # Interfaces: each distinct ifindex gets a bit; a row's bits are OR-ed over its group.
     ifindexes, position = _positions(keys["ifindex"][selected])
+    del selected
     interface_bits = np.bitwise_or.reduceat(_bit_sets(position, len(ifindexes)), starts, axis=0)
     interface_names = tuple(ifnames.get(i, f"if{i}") for i in ifindexes.tolist())
 
@@ -319,11 +326,25 @@ def active_set(snapshot: Snapshot, window_s: int, ifnames: Mapping[int, str]) ->
     )
 
 
+def _address_halves(addresses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """16-byte addresses -> (high 64 bits, low 64 bits) as native integers: numeric order."""
+    big_endian = np.ascontiguousarray(addresses).view(">u8").reshape(-1, 2)
+    return big_endian[:, 0].astype(np.uint64), big_endian[:, 1].astype(np.uint64)
+
+
+def _address_bytes(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """The inverse of _address_halves: V16 addresses."""
+    big_endian = np.empty((len(high), 2), ">u8")
+    big_endian[:, 0] = high
+    big_endian[:, 1] = low
+    return big_endian.view("V16").ravel()
+
+
 def _positions(ifindex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distinct ifindexes ascending, position of each element's ifindex among them)."""
     if int(ifindex.max()) < 1 << 20:  # ifindexes are small: count instead of sorting a million
         distinct = np.flatnonzero(np.bincount(ifindex)).astype(np.uint32)
-        lookup = np.zeros(int(distinct[-1]) + 1, np.int64)
+        lookup = np.zeros(int(distinct[-1]) + 1, np.min_scalar_type(len(distinct)))
         lookup[distinct] = np.arange(len(distinct))
         return distinct, lookup[ifindex]
     distinct, position = np.unique(ifindex, return_inverse=True)
@@ -333,14 +354,13 @@ def _positions(ifindex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _bit_sets(position: np.ndarray, bit_count: int) -> np.ndarray:
     """One row per element, bit ``position`` set, in (bit_count + 63) // 64 uint64 words."""
     words = (bit_count + 63) // 64
-    bits = np.zeros((len(position), words), np.uint64)
-    single = np.left_shift(np.uint64(1), (position % 64).astype(np.uint64))
+    single = np.left_shift(np.uint64(1), (position % 64).astype(np.uint8), dtype=np.uint64)
     if words == 1:
-        bits[:, 0] = single
-    else:
-        word_of = position // 64
-        for word in range(words):
-            bits[:, word] = np.where(word_of == word, single, np.uint64(0))
+        return single.reshape(-1, 1)
+    bits = np.zeros((len(position), words), np.uint64)
+    word_of = position // 64
+    for word in range(words):
+        bits[:, word] = np.where(word_of == word, single, np.uint64(0))
     return bits
 
 
@@ -357,10 +377,14 @@ def _sort_order(
     v6 = np.flatnonzero(~is_v4)
     parts = []
     if len(v4):
-        combined = (group[v4].astype(np.uint64) << np.uint64(32)) | (
-            low[v4] & np.uint64(0xFFFFFFFF)
-        )
+        combined = group[v4].astype(np.uint64)
+        combined <<= np.uint64(32)
+        tail = low[v4]
+        tail &= np.uint64(0xFFFFFFFF)
+        combined |= tail
+        del tail
         parts.append(v4[np.argsort(combined)])
+        del combined
     if len(v6):
         parts.append(v6[np.lexsort((low[v6], high[v6], group[v6]))])
     if len(parts) == 1:
