@@ -323,7 +323,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "busy rendering /list: try again")
             return
         try:
-            selected = view.watched().select(**filters)
+            selected = view.active.select(**filters)
             self._list_headers()
             for chunk in list_json_chunks(selected):
                 self.wfile.write(chunk)

@@ -61,17 +61,6 @@ class View:
             object.__setattr__(self, "entries_in_map", snapshot.entries_in_map)
             object.__setattr__(self, "capacity", snapshot.capacity)
 
-    def watched(self) -> ActiveSet:
-        """The active set restricted to the ports watched now.
-
-        After a reload narrows the ports, entries for ports no longer watched stay in the map
-        until they leave the window; /metrics and /list stop showing them at once.
-        """
-        ports = self.settings.ports
-        if ports.all_ports:
-            return self.active
-        return self.active.select(ports=sorted(ports.ports))
-
 
 class ViewCollector:
     """prometheus_client collector over whatever View ``get_view`` returns (None: nothing yet)."""
@@ -151,7 +140,9 @@ def _active_users(view: View) -> GaugeMetricFamily:
     """active_users{ip, proto, port}, samples ordered by (port, proto, ip) numerically.
 
     With listed ports every listed port appears for every family and protocol (0 when nobody
-    came); with all ports only the ports that were hit appear.
+    came); with all ports only the ports that were hit appear. A port no longer watched after a
+    reload keeps appearing while sources seen on it before are in the window: a reload never
+    hides what was seen.
     """
     family = GaugeMetricFamily(
         "active_users",
@@ -165,12 +156,12 @@ def _active_users(view: View) -> GaugeMetricFamily:
         for (fam, proto, port), sources in sorted(counts.items(), key=_port_proto_family):
             family.add_metric([family_name(fam), protocol_name(proto), str(port)], sources)
         return family
-    for port in sorted(ports.ports):
-        for proto, proto_text in sorted(PROTOCOLS.items()):
-            for fam, fam_text in sorted(FAMILIES.items()):
-                family.add_metric(
-                    [fam_text, proto_text, str(port)], counts.get((fam, proto, port), 0)
-                )
+    shown = dict.fromkeys(
+        ((fam, proto, port) for port in ports.ports for proto in PROTOCOLS for fam in FAMILIES), 0
+    )
+    shown.update(counts)
+    for (fam, proto, port), sources in sorted(shown.items(), key=_port_proto_family):
+        family.add_metric([family_name(fam), protocol_name(proto), str(port)], sources)
     return family
 
 

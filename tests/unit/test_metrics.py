@@ -149,7 +149,8 @@ def test_listed_ports_show_every_port_family_and_protocol() -> None:
     expected[("v4", "tcp", "22")] = 2.0
     expected[("v6", "tcp", "22")] = 1.0
     expected[("v4", "udp", "53")] = 1.0
-    # 8080 was hit, but is not watched (any more): not shown.
+    # 8080 is not watched (any more), but was hit within the window: still shown.
+    expected[("v6", "tcp", "8080")] = 1.0
     assert active_users(body) == expected
 
 
