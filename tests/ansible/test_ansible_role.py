@@ -107,6 +107,7 @@ RENDER_PLAYBOOK = """
                 "serve_ip_list": False,
                 "xdp_mode": "skb",
                 "max_entries": 262144,
+                "pin_path": "/sys/fs/bpf/xdp-ip-counter",
             },
             id="defaults",
         ),
@@ -118,6 +119,7 @@ RENDER_PLAYBOOK = """
                 "xdp_ip_counter_listen_address": "::",
                 "xdp_ip_counter_serve_ip_list": True,
                 "xdp_ip_counter_xdp_mode": "native",
+                "xdp_ip_counter_pin_path": "",
                 "xdp_ip_counter_extra_settings": {"refresh_interval": 5},
             },
             {
@@ -129,6 +131,7 @@ RENDER_PLAYBOOK = """
                 "serve_ip_list": True,
                 "xdp_mode": "native",
                 "max_entries": 262144,
+                "pin_path": "",
                 "refresh_interval": 5,
             },
             id="every-variable",
