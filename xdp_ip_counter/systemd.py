@@ -53,6 +53,9 @@ class Notifier:
             return
         try:
             self._notifier = sdnotify.SystemdNotifier(debug=True)
+            # Never block the refresh loop on a notify socket nobody reads: a message the
+            # socket cannot queue is dropped (and logged once), not waited for.
+            self._notifier.socket.setblocking(False)
         except OSError as error:
             log.warning("cannot reach NOTIFY_SOCKET=%s: %s", self._address, error)
             self._failing = True

@@ -6,9 +6,11 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +186,19 @@ def test_notifier_watchdog_interval(
     # Without a notify socket there is nobody to ping.
     monkeypatch.delenv("NOTIFY_SOCKET")
     assert Notifier().watchdog_interval() is None
+
+
+def test_a_full_notify_socket_never_blocks(notify_socket: NotifySocket) -> None:
+    """Nobody reads the socket: its queue fills, and the sender drops rather than waits (the
+    refresh loop sends these; a blocked send would stall it)."""
+    notifier = Notifier()
+    queue_length = int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
+
+    sender = threading.Thread(
+        target=lambda: [notifier.status(f"n{i}") for i in range(queue_length + 50)],
+        daemon=True,
+    )
+    sender.start()
+    sender.join(timeout=10)
+    assert not sender.is_alive(), "status() blocked on a full notify socket"
+    assert notify_socket.receive() == "STATUS=n0"
