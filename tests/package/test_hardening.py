@@ -5,8 +5,8 @@ file itself and starts the real daemon from the checkout inside it:
   CapabilityBoundingSet=, NoNewPrivileges=   setpriv (uid 0, bounding set, no_new_privs)
   SystemCallFilter=, SystemCallErrorNumber=, SystemCallArchitectures=, RestrictAddressFamilies=,
   MemoryDenyWriteExecute=                     sandbox_exec.py (seccomp, PR_SET_MDWE)
-  ProtectSystem=strict, ProtectKernelTunables=   a private mount namespace with / , /sys and
-                                              /proc/sys read-only and /proc/kallsyms unreadable
+  ProtectSystem=strict, ProtectKernelTunables=, ProtectKernelModules=   a private mount
+      namespace: / , /sys and /proc/sys read-only, /proc/kallsyms and /lib/modules unreadable
 The daemon attaches to a veth in a network namespace the test made, and must send READY=1 and
 answer /metrics there. With any one capability of the set taken away it must fail to start.
 The fleet tests run the same unit under a real systemd, in VMs.
@@ -35,22 +35,40 @@ SANDBOX_EXEC = Path(__file__).with_name("sandbox_exec.py")
 PYTHON = "/usr/bin/python3"
 HOST_IF, PEER_IF = "xhard0", "xhard1"
 START_TIMEOUT = 90.0  # bcc compiles at start-up
-# ProtectSystem=strict and ProtectKernelTunables=, as far as a mount namespace can show them.
-MOUNT_SANDBOX = (
-    "set -e; mount -o remount,bind,ro /; mount -o remount,bind,ro /sys;"
-    " mount --bind /proc/sys /proc/sys; mount -o remount,bind,ro /proc/sys;"
-    ' mount --bind "$0" /proc/kallsyms; exec "$@"'
-)
+
+
+def unit_value(key: str) -> str | None:
+    values = [
+        line.partition("=")[2]
+        for line in UNIT_PATH.read_text().splitlines()
+        if line.startswith(key + "=")
+    ]
+    return values[-1] if values else None
+
+
+def mount_sandbox_script() -> str:
+    """Shell commands that show the unit's file system protections, as far as a mount
+    namespace can; "$1" is an unreadable file, "$2" an unreadable directory."""
+    steps = ["set -e"]
+    if unit_value("ProtectSystem") == "strict":
+        steps.append("mount -o remount,bind,ro /")
+    if unit_value("ProtectKernelTunables") == "yes":
+        steps += [
+            "mount -o remount,bind,ro /sys",
+            "mount --bind /proc/sys /proc/sys",
+            "mount -o remount,bind,ro /proc/sys",
+            'mount --bind "$1" /proc/kallsyms',
+        ]
+    if unit_value("ProtectKernelModules") == "yes":
+        steps.append('mount --bind "$2" /usr/lib/modules')
+    steps.append('shift 2; exec "$@"')
+    return "; ".join(steps)
 
 
 def unit_capabilities() -> list[str]:
-    lines = [
-        line.partition("=")[2]
-        for line in UNIT_PATH.read_text().splitlines()
-        if line.startswith("CapabilityBoundingSet=")
-    ]
-    assert len(lines) == 1, lines
-    return lines[0].split()
+    capabilities = unit_value("CapabilityBoundingSet")
+    assert capabilities, "the unit has no CapabilityBoundingSet="
+    return capabilities.split()
 
 
 def capability_mask(names: list[str]) -> int:
@@ -103,9 +121,11 @@ def netns() -> Iterator[str]:
 @pytest.fixture
 def start_sandboxed(netns: str, tmp_path: Path) -> Iterator:
     started: list[SandboxedDaemon] = []
-    inaccessible = tmp_path / "inaccessible"
-    inaccessible.write_text("")
-    inaccessible.chmod(0)
+    inaccessible_file = tmp_path / "inaccessible-file"
+    inaccessible_file.write_text("")
+    inaccessible_file.chmod(0)
+    inaccessible_dir = tmp_path / "inaccessible-dir"
+    inaccessible_dir.mkdir(mode=0)
     config = tmp_path / "config.toml"
     config.write_text("")
 
@@ -117,7 +137,7 @@ def start_sandboxed(netns: str, tmp_path: Path) -> Iterator:
         command = [
             "ip", "netns", "exec", netns,
             "unshare", "--mount", "--propagation", "private",
-            "sh", "-c", MOUNT_SANDBOX, str(inaccessible),
+            "sh", "-c", mount_sandbox_script(), "sh", str(inaccessible_file), str(inaccessible_dir),
             "setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs",
             PYTHON, str(SANDBOX_EXEC), str(UNIT_PATH),
             PYTHON, "-m", "xdp_ip_counter", "-c", str(config),
