@@ -33,6 +33,26 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
+class EvictionCount:
+    """LRU evictions, which the kernel does not count, derived from what it does count: every
+    entry was inserted by the program (recorded_new) or was there at the first refresh, and
+    left by our expiry or by eviction. Kept monotonic; exact up to the inserts that land between
+    reading the stats and reading the map, which the next refresh accounts for."""
+
+    def __init__(self) -> None:
+        self._baseline: int | None = None
+        self._removed = 0
+        self.total = 0
+
+    def update(self, entries: int, inserted: int, removed_now: int) -> int:
+        if self._baseline is None:
+            self._baseline = entries - inserted
+        evicted = self._baseline + inserted - self._removed - entries
+        self._removed += removed_now
+        self.total = max(self.total, evicted)
+        return self.total
+
+
 class WallClock:
     """Kernel monotonic ns -> wall-clock seconds, with an offset that stays put between
     refreshes (so a source's first_seen reads the same each time) unless the wall clock is
@@ -80,6 +100,7 @@ class Daemon:
         self._ifnames: dict[int, str] = {}
         self._view: View | None = None
         self._refresh_failures = 0
+        self._evictions = EvictionCount()
         self._reload_ok = True
         self._reload_time = time.time()
         # Test hook: while this file exists, a refresh blocks (a stuck loop, for the watchdog).
@@ -131,9 +152,11 @@ class Daemon:
         while self._hang_file and os.path.exists(self._hang_file):
             time.sleep(0.1)
         try:
+            # Stats first: an insert between the two reads is then in the map but not yet in
+            # recorded_new, which EvictionCount tolerates (it never over-counts).
+            stats = self._datapath.read_stats()
             keys, values, taken_ns = self._datapath.read_sources()
             wall = self._clock.wall(taken_ns)
-            stats = self._datapath.read_stats()
         except OSError as exc:
             self._refresh_failures += 1
             log.error("refresh failed, serving the previous result: %s", exc)
@@ -152,12 +175,14 @@ class Daemon:
         window = self.settings.window
         active = active_set(snapshot, window, self._ifnames)
         stale = stale_keys(snapshot, window)
+        removed = 0
         if len(stale):
             try:
-                self._datapath.expire(stale, taken_ns - window * 1_000_000_000)
+                removed = self._datapath.expire(stale, taken_ns - window * 1_000_000_000)
             except OSError as exc:
                 self._refresh_failures += 1
                 log.error("expiring old entries failed: %s", exc)
+        evictions = self._evictions.update(len(keys), stats.get("recorded_new", 0), removed)
         self._view = View(
             active=active,
             snapshot=snapshot,
@@ -168,6 +193,7 @@ class Daemon:
             refresh_failures=self._refresh_failures,
             reload_successful=self._reload_ok,
             reload_time=self._reload_time,
+            evictions=evictions,
         )
 
     def _status(self) -> str:

@@ -54,6 +54,7 @@ class View:
     stats: Mapping[str, int] = field(default_factory=dict)  # outcome -> frames, all CPUs
     entries_in_map: int = 0
     capacity: int = 0
+    evictions: int = 0  # entries the LRU evicted since start (derived by the daemon)
 
     def __post_init__(self, snapshot: Snapshot | None) -> None:
         if snapshot is not None:
@@ -96,6 +97,12 @@ def metric_families(view: View) -> Iterator[Metric]:
         PREFIX + "insert_failures",
         "New sources that could not be inserted into the kernel map",
         value=view.stats.get("insert_failed", 0),
+    )
+    yield CounterMetricFamily(
+        PREFIX + "map_evictions",
+        "Entries the kernel's LRU evicted to make room for new sources (a full map: the counts "
+        "cover only the most recently seen max_entries keys)",
+        value=view.evictions,
     )
     yield _gauge("window_seconds", "Length of the sliding window in seconds", view.settings.window)
     yield _gauge(

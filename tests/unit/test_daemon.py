@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from xdp_ip_counter.config import Settings
-from xdp_ip_counter.daemon import EXIT_FAILURE, EXIT_OK, Daemon
+from xdp_ip_counter.daemon import EXIT_FAILURE, EXIT_OK, Daemon, EvictionCount
 
 
 @pytest.fixture
@@ -45,3 +45,14 @@ def test_sigterm_and_sigint_end_the_loop_cleanly(daemon: Daemon, sig: int) -> No
     daemon.install_handlers()
     threading.Timer(0.2, os.kill, (os.getpid(), sig)).start()
     assert daemon.loop() == EXIT_OK
+
+
+def test_evictions_are_derived_from_inserts_expiries_and_entries() -> None:
+    count = EvictionCount()
+    # 5 entries carried over from a pinned map, 3 inserted so far: nothing evicted
+    assert count.update(entries=8, inserted=3, removed_now=2) == 0
+    # 2 expired by us, 10 more inserted, map holds 12: 8 - 2 + 10 - 12 = 4 evicted
+    assert count.update(entries=12, inserted=13, removed_now=0) == 4
+    # an insert that the stats do not show yet (read before the map): never counted down
+    assert count.update(entries=13, inserted=13, removed_now=0) == 4
+    assert count.update(entries=13, inserted=15, removed_now=0) == 5

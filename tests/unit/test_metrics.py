@@ -261,3 +261,8 @@ def test_view_keeps_the_snapshot_summary_not_its_arrays() -> None:
     failed = replace(view, refresh_failures=2)  # what the daemon does when a refresh fails
     assert (failed.entries_in_map, failed.capacity, failed.stats) == (7, 262144, view.stats)
     assert failed.active is view.active
+
+
+def test_evictions_are_exported_as_a_counter() -> None:
+    body, _ = render(sample_view(ALL, evictions=42), PROMETHEUS_ACCEPT)
+    assert samples(body, "xdp_ip_counter_map_evictions_total") == {(): 42.0}
