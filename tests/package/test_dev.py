@@ -1,0 +1,95 @@
+"""The README's two commands: `./dev run` brings up a daemon that answers on its metrics port,
+and `./dev test` passes its arguments to pytest and fails when pytest ran nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .deb import REPO
+
+DEV = REPO / "dev"
+HOST_IF, PEER_IF = "xdev0", "xdev1"
+
+
+def run_dev(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(DEV), *args], capture_output=True, text=True, check=False, timeout=600
+    )
+
+
+def test_dev_without_a_command_prints_usage_and_exits_2() -> None:
+    result = run_dev()
+    assert result.returncode == 2
+    assert "./dev run" in result.stderr and "./dev test" in result.stderr
+
+
+def test_dev_test_passes_arguments_to_pytest() -> None:
+    result = run_dev("test", f"{Path(__file__).with_name('test_deb.py')}", "-k", "lintian_override")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "==== lint: ruff" in result.stdout
+    assert "1 passed" in result.stdout, result.stdout
+
+
+def test_dev_test_fails_when_pytest_collects_nothing() -> None:
+    result = run_dev("test", str(Path(__file__)), "-k", "no_test_has_this_name")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "collected no tests" in result.stderr
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A network namespace with a veth pair, both ends inside; removed whatever happens."""
+    name = f"xic-dev-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for command in (
+            ["link", "add", HOST_IF, "type", "veth", "peer", "name", PEER_IF],
+            ["link", "set", HOST_IF, "up"],
+            ["link", "set", PEER_IF, "up"],
+            ["link", "set", "lo", "up"],
+        ):
+            subprocess.run(["ip", "-n", name, *command], check=True, capture_output=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.mark.root
+def test_dev_run_serves_metrics(netns: str, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    log_path = tmp_path / "dev-run.log"
+    with log_path.open("wb") as log:
+        daemon = subprocess.Popen(
+            ["ip", "netns", "exec", netns, str(DEV), "run", "-c", str(config),
+             "-i", HOST_IF, "-p", "22,80,443", "-s", "3031"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        metrics = None
+        while time.monotonic() < deadline and daemon.poll() is None:
+            metrics = subprocess.run(
+                ["ip", "netns", "exec", netns, "curl", "-sf", "--max-time", "2",
+                 "http://127.0.0.1:3031/metrics"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if metrics.returncode == 0:
+                break
+            time.sleep(0.2)
+        log = log_path.read_text(errors="replace")
+        assert metrics is not None and metrics.returncode == 0, f"no /metrics answer:\n{log}"
+        assert "xdp_ip_counter_" in metrics.stdout, metrics.stdout[:2000]
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, log_path.read_text(errors="replace")
+    finally:
+        if daemon.poll() is None:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait(10)
