@@ -45,7 +45,7 @@ STEADY_PORT = 22
 FLOOD_PORT = 53
 DAEMON_SETTINGS = {"window": 10, "refresh_interval": 1, "serve_ip_list": True}
 SAMPLE_EVERY_S = 0.25  # pacing of the samples taken while the flood runs
-KERNEL_COUNT_EVERY_S = 0.5
+KERNEL_COUNT_EVERY_S = 2.0
 SLOWEST_FLOOD_RATE = 20_000  # frames/s; the deadline for the flood assumes no less
 PREFIX = "xdp_ip_counter_"
 
@@ -235,6 +235,10 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
         time.sleep(SAMPLE_EVERY_S)
     report = flood.finish(deadline_s)
     flood_ended = time.time()
+    # Read while nothing churns (the daemon's expiry can only remove entries): a batch read that
+    # races the flood is no measure of the map's size, as entries evicted behind the reader are
+    # replaced by new ones ahead of it (counts of 262259 were seen that way).
+    quiet_count = kernel_map.count_entries(KEY_DTYPE.itemsize, VALUE_DTYPE.itemsize)
 
     # -- afterwards ------------------------------------------------------------------------
     assert daemon.proc.poll() is None, f"the daemon died; its log:\n{daemon.log()}"
@@ -269,9 +273,10 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
         f"({report.sent / report.seconds:,.0f}/s), {seen:.0f} seen by XDP, {inserted:.0f} new keys "
         f"inserted, {insert_failed:.0f} insert failures, evictions metric {evictions}; map "
         f"entries max {max((s.entries for s in samples), default=0):.0f} of {capacity} (full from "
-        f"{min(full_at, default=float('nan')):.1f} s), kernel counts max "
-        f"{max(kernel_counts, default=0)} ({len(kernel_counts)} reads), memlock "
-        f"{kernel_map.bytes_memlock} bytes; RSS {baseline_kib} KiB idle, peak {peak_kib} KiB: "
+        f"{min(full_at, default=float('nan')):.1f} s); kernel map {quiet_count} entries after "
+        f"it ({max(kernel_counts, default=0)} at most in {len(kernel_counts)} reads racing it), "
+        f"memlock {kernel_map.bytes_memlock} bytes; "
+        f"RSS {baseline_kib} KiB idle, peak {peak_kib} KiB: "
         f"+{growth / 2**20:.1f} MiB, bound +{bound / 2**20:.1f} MiB "
         f"({growth / capacity:.0f} of {bound / capacity:.0f} bytes per entry); steady client "
         f"({steady.sent()} sent) listed in {sum(refreshes.values())} of {len(refreshes)} "
@@ -285,8 +290,8 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
     assert samples, f"the flood ended before a single sample: {summary}"
     assert all(s.capacity == capacity for s in samples), summary
     assert all(s.entries <= capacity for s in samples), f"map above capacity: {summary}"
-    assert all(count <= capacity for count in kernel_counts), (
-        f"kernel map above capacity: {summary}"
+    assert 0.98 * capacity <= quiet_count <= capacity, (
+        f"kernel map not full or above capacity: {summary}"
     )
     assert kernel_map.memlock() == kernel_map.bytes_memlock, f"the map's memory grew: {summary}"
     assert growth <= bound, f"RSS grew beyond the bound: {summary}"
