@@ -86,8 +86,8 @@ def _env_int(name: str, default: int, minimum: int) -> int:
         raise pytest.UsageError(f"{name}={text!r} is not an integer") from None
     if value < minimum:
         raise pytest.UsageError(
-            f"{name}={value}: at least {minimum} (twice the default capacity), or the map never "
-            "fills and the test proves nothing"
+            f"{name}={value}: at least {minimum} (1.5 times the default capacity), or the map "
+            "barely fills and the test proves little"
         )
     return value
 
@@ -159,7 +159,7 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
     require(trafgen_path(), "needs trafgen (Debian package netsniff-ng)")
     require(shutil.which("bpftool"), "needs bpftool (Debian package bpftool)")
     capacity = Settings().max_entries
-    frames = _env_int("XIC_FLOOD_FRAMES", DEFAULT_FRAMES, 2 * capacity)
+    frames = _env_int("XIC_FLOOD_FRAMES", DEFAULT_FRAMES, capacity * 3 // 2)
     link = lab.links[0]
     source = link.client_v4[0]
     daemon = start_daemon(
@@ -214,6 +214,7 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
     next_kernel_count = 0.0
     while flood.running() and time.monotonic() - flood.started < deadline_s:
         asked = time.monotonic()
+        daemon.read_notifications()  # keep the notify socket drained: the daemon warns when full
         metrics = scrape(daemon)
         listed = steady_listed(daemon, source)
         answered = time.monotonic()
@@ -257,7 +258,7 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
     inserted = outcome(after, "recorded_new") - outcome(before, "recorded_new")
     insert_failed = outcome(after, "insert_failed") - outcome(before, "insert_failed")
     evictions_name = PREFIX + "map_evictions_total"
-    evictions = after.get(evictions_name, float("nan")) - before.get(evictions_name, 0)
+    evictions = after[evictions_name] - before[evictions_name]
     refresh_failures = (
         after[PREFIX + "refresh_failures_total"] - before[PREFIX + "refresh_failures_total"]
     )
@@ -299,8 +300,10 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
     # coming (recorded_new growing far past the capacity), or insert failures.
     assert full_at, f"map_entries never reached the capacity: {summary}"
     assert inserted > capacity or insert_failed > 0, f"no sign of the pressure: {summary}"
-    if evictions_name in after:
-        assert evictions > 0, f"{evictions_name} did not grow under the flood: {summary}"
+    # Every new key beyond the capacity pushed an old one out (nothing was old enough to expire).
+    assert 0.9 * (inserted - capacity) <= evictions <= inserted, (
+        f"{evictions_name} does not match the new keys the full map took: {summary}"
+    )
     assert steady.alive() and steady.sent() > 0, summary
     # Last, as it is a known failure (bpf_syscall.map_lookup_batch's ENOSPC on a full, churning
     # map; see test_batch_read_when_a_bucket_outgrows_the_room_left): the rest come first.
