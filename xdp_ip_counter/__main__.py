@@ -6,7 +6,12 @@ Every configuration error ends here as one line on stderr and exit code 2.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+
+# numpy's OpenBLAS starts a thread at import: the daemon does no linear algebra, and a thread
+# started before the daemon drops its capabilities would keep them (capset is per thread).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from collections.abc import Sequence
 
 from xdp_ip_counter import cli

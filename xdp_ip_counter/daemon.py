@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import __version__
+from . import __version__, capabilities
 from .bpf import AttachError, CompileError, DataPath
 from .config import ConfigError, Settings, diff, needs_restart, validate_interfaces
 from .http import ListenError, MetricsServer
@@ -121,6 +121,9 @@ class Daemon:
         self._datapath.set_ports(s.ports)
         for ifname in s.interfaces:
             self._attach(ifname)
+        # Before any thread starts: capset changes only the calling thread, and threads
+        # inherit from the one that creates them.
+        capabilities.keep_only(capabilities.KEPT_AFTER_START)
         log.info(
             "watching %s (%s mode), ports %s, window %ss, refresh every %ss; serving on %s:%s",
             ",".join(s.interfaces),

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -297,3 +298,23 @@ def test_a_stuck_refresh_loop_stops_the_watchdog(lab: Lab, start_daemon, tmp_pat
     after = len(daemon.read_notifications())
     hang.unlink()
     daemon.wait_notification("WATCHDOG=1", 5, after)
+
+
+def test_capabilities_are_dropped_after_start_and_a_reload_can_still_attach(
+    lab: Lab, start_daemon
+) -> None:
+    a, b = lab.links
+    daemon = start_daemon(interfaces=[a.host_if], ports=[22], **FAST)
+    status = {}
+    for task in Path(f"/proc/{daemon.proc.pid}/task").iterdir():
+        fields = dict(line.split(":\t", 1) for line in (task / "status").read_text().splitlines())
+        status[task.name] = (int(fields["CapEff"], 16), int(fields["CapPrm"], 16))
+    kept = 1 << 39 | 1 << 12  # CAP_BPF, CAP_NET_ADMIN
+    assert set(status.values()) == {(kept, kept)}, status  # every thread, not only the main one
+
+    daemon.write_config(interfaces=[a.host_if, b.host_if], ports=[22], **FAST)
+    daemon.reload()
+    assert "xdp_ip_counter_config_last_reload_successful 1.0" in daemon.metrics()
+    assert xdp_attached(b.host_if)
+    lab.send("tcp", b.client_v4[0], b.host_v4, 22)
+    wait_for(lambda: len(daemon.list()) == 1, 10, "traffic on the interface the reload added")
