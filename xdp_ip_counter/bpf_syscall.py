@@ -7,6 +7,8 @@
   straight into contiguous buffers (one syscall per chunk, not two per entry) and expire entries
   without losing a hit that lands between the snapshot and the delete.
 - BPF_PROG_TEST_RUN: run the program on a crafted frame (tests and benchmarks).
+- BPF_PROG_LOAD of a five-instruction program that reads jiffies: the clock the XDP program
+  stamps first/last seen with, read the same way from userspace (see bpf.kernel_clock_ns).
 
 No bcc here: only file descriptors and bytes.
 """
@@ -26,6 +28,7 @@ _libc.syscall.restype = ctypes.c_long
 
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
+BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
@@ -35,7 +38,10 @@ BPF_LINK_CREATE = 28
 
 BPF_ANY = 0
 BPF_NOEXIST = 1
+BPF_EXIST = 2
 BPF_XDP = 37  # enum bpf_attach_type
+BPF_PROG_TYPE_XDP = 6
+BPF_FUNC_JIFFIES64 = 118
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 XDP_MODES = {"skb": XDP_FLAGS_SKB_MODE, "native": XDP_FLAGS_DRV_MODE}
@@ -214,3 +220,77 @@ def prog_test_run(prog_fd: int, frame: bytes, ifindex: int = 0, repeat: int = 1)
     retval, _, _ = struct.unpack_from("=III", attr, 4)
     duration = struct.unpack_from("=I", attr, 36)[0]
     return TestRun(retval=retval, duration_ns=duration)
+
+
+def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+# XDP program: write bpf_jiffies64() into the first 8 bytes of the frame and pass it.
+_JIFFIES_READER = b"".join(
+    [
+        _insn(0xBF, dst=6, src=1),  # r6 = ctx
+        _insn(0x85, imm=BPF_FUNC_JIFFIES64),  # r0 = bpf_jiffies64()
+        _insn(0x61, dst=2, src=6, off=0),  # r2 = ctx->data
+        _insn(0x61, dst=3, src=6, off=4),  # r3 = ctx->data_end
+        _insn(0xBF, dst=4, src=2),  # r4 = r2
+        _insn(0x07, dst=4, imm=8),  # r4 += 8
+        _insn(0x2D, dst=4, src=3, off=1),  # if r4 > r3 goto +1
+        _insn(0x7B, dst=2, src=0, off=0),  # *(u64 *)(r2 + 0) = r0
+        _insn(0xB7, dst=0, imm=2),  # r0 = XDP_PASS
+        _insn(0x95),  # exit
+    ]
+)
+_JIFFIES_FRAME = bytes(64)
+
+
+def load_jiffies_reader() -> int:
+    """Load the jiffies-reading program; returns its fd (for read_jiffies)."""
+    insns = ctypes.create_string_buffer(_JIFFIES_READER, len(_JIFFIES_READER))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(4096)
+    name = b"xic_jiffies"
+    attr = _attr()
+    # prog_type, insn_cnt, insns, license, log_level, log_size, log_buf, kern_version,
+    # prog_flags, prog_name[16]
+    struct.pack_into(
+        "=IIQQIIQII16s",
+        attr,
+        0,
+        BPF_PROG_TYPE_XDP,
+        len(_JIFFIES_READER) // 8,
+        _addr(insns),
+        _addr(license_),
+        1,
+        len(log),
+        _addr(log),
+        0,
+        0,
+        name,
+    )
+    try:
+        return _bpf(BPF_PROG_LOAD, attr, "PROG_LOAD")
+    except BPFSyscallError as exc:
+        verifier = log.value.decode(errors="replace").strip()
+        raise BPFSyscallError(exc.errno, f"{exc.strerror}: {verifier}") from None
+
+
+def read_jiffies(reader_fd: int) -> int:
+    """The kernel's jiffies_64 now, through the program load_jiffies_reader() loaded."""
+    data_in = ctypes.create_string_buffer(_JIFFIES_FRAME, len(_JIFFIES_FRAME))
+    data_out = ctypes.create_string_buffer(len(_JIFFIES_FRAME))
+    attr = _attr()
+    struct.pack_into(
+        "=IIIIQQI",
+        attr,
+        0,
+        reader_fd,
+        0,
+        len(_JIFFIES_FRAME),
+        len(data_out),
+        _addr(data_in),
+        _addr(data_out),
+        1,
+    )
+    _bpf(BPF_PROG_TEST_RUN, attr, "PROG_TEST_RUN")
+    return struct.unpack_from("<Q", data_out, 0)[0]
