@@ -269,13 +269,15 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
         )
     slowest_scrape = max(s.scrape_seconds for s in samples) if samples else float("nan")
     full_at = [s.at for s in samples if s.entries >= 0.98 * capacity]
+    entries_after = after[PREFIX + "map_entries"]
     summary = (
         f"flood: {report.sent} frames sent in {report.seconds:.1f} s "
         f"({report.sent / report.seconds:,.0f}/s), {seen:.0f} seen by XDP, {inserted:.0f} new keys "
         f"inserted, {insert_failed:.0f} insert failures, evictions metric {evictions}; map "
         f"entries max {max((s.entries for s in samples), default=0):.0f} of {capacity} (full from "
-        f"{min(full_at, default=float('nan')):.1f} s); kernel map {quiet_count} entries after "
-        f"it ({max(kernel_counts, default=0)} at most in {len(kernel_counts)} reads racing it), "
+        f"{min(full_at, default=float('nan')):.1f} s), {entries_after:.0f} after it; "
+        f"kernel map {quiet_count} entries after it ({max(kernel_counts, default=0)} at most in "
+        f"{len(kernel_counts)} reads racing it), "
         f"memlock {kernel_map.bytes_memlock} bytes; "
         f"RSS {baseline_kib} KiB idle, peak {peak_kib} KiB: "
         f"+{growth / 2**20:.1f} MiB, bound +{bound / 2**20:.1f} MiB "
@@ -298,7 +300,9 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
     assert growth <= bound, f"RSS grew beyond the bound: {summary}"
     # The pressure an operator sees: the map full (entries == capacity) while new keys keep
     # coming (recorded_new growing far past the capacity), or insert failures.
-    assert full_at, f"map_entries never reached the capacity: {summary}"
+    assert full_at or entries_after >= 0.98 * capacity, (
+        f"map_entries never reached the capacity: {summary}"
+    )
     assert inserted > capacity or insert_failed > 0, f"no sign of the pressure: {summary}"
     # Every new key beyond the capacity pushed an old one out (nothing was old enough to expire).
     assert 0.9 * (inserted - capacity) <= evictions <= inserted, (
