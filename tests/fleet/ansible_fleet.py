@@ -38,6 +38,12 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, step: floa
         time.sleep(step)
 
 
+def record_time(timings: Path, step: str, since: float) -> None:
+    """Append "<seconds> <step>" to the timings file."""
+    with timings.open("a") as timings_file:
+        timings_file.write(f"{time.monotonic() - since:7.1f} s  {step}\n")
+
+
 @dataclass(frozen=True)
 class PlaybookRun:
     returncode: int
@@ -95,6 +101,7 @@ class Fleet:
     deb: Path
     workdir: Path
     control_path_dir: Path
+    timings: Path
     role_vars: dict[str, Any] = field(default_factory=dict)
     runs: int = 0
 
@@ -169,6 +176,7 @@ class Fleet:
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.control_path_dir),
             "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"),
         }
+        started = time.monotonic()
         result = subprocess.run(
             ["ansible-playbook", "-i", str(inventory), "site.yml"],
             cwd=ANSIBLE_DIR,
@@ -180,6 +188,7 @@ class Fleet:
         )
         output = result.stdout + result.stderr
         log.write_text(output)
+        record_time(self.timings, f"ansible-playbook run {self.runs}", started)
         return PlaybookRun(result.returncode, output, log, parse_recap(result.stdout))
 
 

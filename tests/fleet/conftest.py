@@ -12,11 +12,12 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ansible_fleet import REPO, Fleet
+from ansible_fleet import REPO, Fleet, record_time
 from debian_image import ensure_image
 from qemu_vm import QEMU, make_ssh_key, running_pair
 
@@ -41,16 +42,25 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     )
     # ssh's control sockets need a short path (108 bytes at most).
     control_path_dir = Path(tempfile.mkdtemp(prefix="fleet-ssh-"))
+    timings = workdir / "timings.txt"  # where the minutes go, for whoever tunes this test
+    started = time.monotonic()
     try:
         image = ensure_image(log=workdir / "image-build.log")
+        record_time(timings, "image ready", started)
         ssh_key = make_ssh_key(workdir)
         with running_pair(image, workdir, ssh_key) as machines:
+            record_time(timings, "VMs booted", started)
             deb_output, _ = deb_build.communicate(timeout=600)
             assert deb_build.returncode == 0, f"packaging/build-deb.sh failed:\n{deb_output}"
             deb = Path(deb_output.strip().splitlines()[-1])
             assert deb.is_file(), f"build-deb.sh named {deb}, which does not exist"
+            record_time(timings, ".deb built", started)
             yield Fleet(
-                machines=machines, deb=deb, workdir=workdir, control_path_dir=control_path_dir
+                machines=machines,
+                deb=deb,
+                workdir=workdir,
+                control_path_dir=control_path_dir,
+                timings=timings,
             )
     finally:
         if deb_build.poll() is None:
