@@ -138,20 +138,29 @@ def map_lookup_batch(
     """Every (key, value) of a hash map, read with BPF_MAP_LOOKUP_BATCH into two flat buffers.
 
     Returns (keys, values, count): entry i is keys[i*key_size:...], values[i*value_size:...].
-    One syscall per chunk of entries. The kernel copies a hash map bucket by bucket, each under its
-    lock, so no entry comes twice; one inserted into a bucket already copied shows next time.
+    One syscall per chunk of entries. The kernel copies a hash map bucket by bucket, each under
+    its lock, and a key always hashes to the same bucket, so no key comes twice; one inserted
+    into a bucket already copied shows next time. A map that keeps changing can yield more
+    entries than its capacity (entries evicted behind the walk replaced ahead of it): the
+    buffers grow. The kernel answers ENOSPC when the next bucket holds more entries than a call
+    asks for: the call is repeated asking for more.
     """
-    capacity = max(capacity, 1)
-    keys = bytearray(capacity * key_size)
-    values = bytearray(capacity * value_size)
-    keys_buf = (ctypes.c_char * len(keys)).from_buffer(keys)
-    values_buf = (ctypes.c_char * len(values)).from_buffer(values)
+    chunk = max(chunk, 1)
+    room = max(capacity, 1) + chunk
+    keys = bytearray(room * key_size)
+    values = bytearray(room * value_size)
     token_in = ctypes.create_string_buffer(max(key_size, 8))
     token_out = ctypes.create_string_buffer(max(key_size, 8))
     total = 0
     first = True
-    while total < capacity:
-        want = min(chunk, capacity - total)
+    want = chunk
+    while True:
+        if total + want > room:
+            room = max(room * 2, total + want)
+            keys += bytes(room * key_size - len(keys))
+            values += bytes(room * value_size - len(values))
+        keys_buf = (ctypes.c_char * len(keys)).from_buffer(keys)
+        values_buf = (ctypes.c_char * len(values)).from_buffer(values)
         attr = _attr()
         struct.pack_into(
             "=QQQQIIQQ",
@@ -166,20 +175,23 @@ def map_lookup_batch(
             0,
             0,
         )
+        del keys_buf, values_buf  # release the exports, so that the buffers can grow
         done = False
         try:
             _bpf(BPF_MAP_LOOKUP_BATCH, attr, "MAP_LOOKUP_BATCH")
         except BPFSyscallError as exc:
+            if exc.errno == errno.ENOSPC:
+                want *= 2  # the next bucket holds more than we asked for
+                continue
             if exc.errno != errno.ENOENT:
                 raise
             done = True
-        got = struct.unpack_from("=I", attr, 32)[0]
-        total += got
+        total += struct.unpack_from("=I", attr, 32)[0]
         if done:
-            break
+            return keys, values, total
         ctypes.memmove(token_in, token_out, len(token_in))
         first = False
-    return keys, values, total
+        want = chunk
 
 
 @dataclass(frozen=True)

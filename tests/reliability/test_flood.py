@@ -363,7 +363,7 @@ def test_batch_read_when_a_bucket_outgrows_the_room_left() -> None:
                     f"reading {entries} entries in chunks of {chunk} failed: {exc}"
                 ) from exc
             assert count == entries, f"chunks of {chunk}: {count} entries read of {entries}"
-            distinct = {keys[i : i + key_size] for i in range(0, count * key_size, key_size)}
+            distinct = {bytes(keys[i : i + key_size]) for i in range(0, count * key_size, key_size)}
             assert len(distinct) == count, f"chunks of {chunk}: a key came twice"
     finally:
         datapath.close()
