@@ -5,8 +5,10 @@ file itself and starts the real daemon from the checkout inside it:
   CapabilityBoundingSet=, NoNewPrivileges=   setpriv (uid 0, bounding set, no_new_privs)
   SystemCallFilter=, SystemCallErrorNumber=, SystemCallArchitectures=, RestrictAddressFamilies=,
   MemoryDenyWriteExecute=                     sandbox_exec.py (seccomp, PR_SET_MDWE)
-  ProtectSystem=strict, ProtectKernelTunables=, ProtectKernelModules=   a private mount
-      namespace: / , /sys and /proc/sys read-only, /proc/kallsyms and /lib/modules unreadable
+  ProtectSystem=strict, ReadOnlyPaths=, InaccessiblePaths=, ReadWritePaths=/sys/fs/bpf (and
+  ProtectKernelTunables=, ProtectKernelModules= if the unit had them)   a private mount
+      namespace with read-only bind mounts, unreadable files over hidden ones, and a BPF
+      filesystem of its own at /sys/fs/bpf
 The daemon attaches to a veth in a network namespace the test made, and must send READY=1 and
 answer /metrics there. With any one capability of the set taken away it must fail to start.
 The fleet tests run the same unit under a real systemd, in VMs.
@@ -20,6 +22,7 @@ import signal
 import socket
 import subprocess
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,10 @@ HOST_IF, PEER_IF = "xhard0", "xhard1"
 START_TIMEOUT = 90.0  # bcc compiles at start-up
 
 
+def config_text() -> str:
+    return (REPO / "packaging" / "config.toml").read_text()
+
+
 def unit_value(key: str) -> str | None:
     values = [
         line.partition("=")[2]
@@ -46,21 +53,47 @@ def unit_value(key: str) -> str | None:
     return values[-1] if values else None
 
 
+def unit_paths(key: str) -> list[str]:
+    """The paths of every `key=` line (ReadOnlyPaths=, ...), a leading "-" kept."""
+    return [
+        path
+        for line in UNIT_PATH.read_text().splitlines()
+        if line.startswith(key + "=")
+        for path in line.partition("=")[2].split()
+    ]
+
+
 def mount_sandbox_script() -> str:
     """Shell commands that show the unit's file system protections, as far as a mount
     namespace can; "$1" is an unreadable file, "$2" an unreadable directory."""
     steps = ["set -e"]
     if unit_value("ProtectSystem") == "strict":
         steps.append("mount -o remount,bind,ro /")
+    read_only = unit_paths("ReadOnlyPaths")
+    inaccessible = unit_paths("InaccessiblePaths")
     if unit_value("ProtectKernelTunables") == "yes":
-        steps += [
-            "mount -o remount,bind,ro /sys",
-            "mount --bind /proc/sys /proc/sys",
-            "mount -o remount,bind,ro /proc/sys",
-            'mount --bind "$1" /proc/kallsyms',
-        ]
+        read_only += ["/sys", "/proc/sys"]
+        inaccessible += ["-/proc/kallsyms"]
     if unit_value("ProtectKernelModules") == "yes":
-        steps.append('mount --bind "$2" /usr/lib/modules')
+        inaccessible += ["/usr/lib/modules"]
+    for entry in read_only:
+        path = entry.removeprefix("-")
+        if entry.startswith("-") and not Path(path).exists():
+            continue
+        steps.append(f"mount --bind {path} {path}; mount -o remount,bind,ro {path}")
+    for entry in inaccessible:
+        path = entry.removeprefix("-")
+        if entry.startswith("-") and not Path(path).exists():
+            continue
+        source = '"$2"' if Path(path).is_dir() else '"$1"'
+        steps.append(f"mount --bind {source} {path}")
+    # A BPF filesystem of its own at /sys/fs/bpf, as systemd mounts one at boot (`ip netns
+    # exec` leaves none on its fresh /sys), mounted last so that no read-only bind mount of
+    # /sys covers it; it vanishes with the namespace. Writable, as ReadWritePaths= makes it,
+    # unless ProtectKernelTunables=yes, which makes it read-only whatever ReadWritePaths= says.
+    steps.append("mount -t bpf bpf /sys/fs/bpf")
+    if unit_value("ProtectKernelTunables") == "yes":
+        steps.append("mount -o remount,bind,ro /sys/fs/bpf")
     steps.append('shift 2; exec "$@"')
     return "; ".join(steps)
 
@@ -126,8 +159,9 @@ def start_sandboxed(netns: str, tmp_path: Path) -> Iterator:
     inaccessible_file.chmod(0)
     inaccessible_dir = tmp_path / "inaccessible-dir"
     inaccessible_dir.mkdir(mode=0)
-    config = tmp_path / "config.toml"
-    config.write_text("")
+    # The configuration the package ships (and so the service reads), flags overriding
+    # where the daemon attaches and listens.
+    config = REPO / "packaging" / "config.toml"
 
     def start(capabilities: list[str]) -> SandboxedDaemon:
         notify_path = tmp_path / f"notify-{len(started)}.sock"
@@ -177,9 +211,10 @@ def test_daemon_works_inside_the_units_sandbox(netns: str, start_sandboxed) -> N
         for line in Path(f"/proc/{daemon.process.pid}/status").read_text().splitlines()
         if ":\t" in line
     )
-    # The sandbox really was in force for the process that answered.
-    assert int(status["CapEff"], 16) == capability_mask(capabilities), status["CapEff"]
+    # The sandbox really was in force for the process that answered (the daemon may drop
+    # capabilities it no longer needs, never gain one).
     assert int(status["CapBnd"], 16) == capability_mask(capabilities), status["CapBnd"]
+    assert int(status["CapEff"], 16) & ~capability_mask(capabilities) == 0, status["CapEff"]
     assert status["NoNewPrivs"].strip() == "1"
     assert status["Seccomp"].strip() == "2"
     metrics = subprocess.run(
@@ -189,6 +224,11 @@ def test_daemon_works_inside_the_units_sandbox(netns: str, start_sandboxed) -> N
     )  # fmt: skip
     assert metrics.returncode == 0, f"/metrics: {metrics.stderr}\n{daemon.log()}"
     assert "xdp_ip_counter_" in metrics.stdout, metrics.stdout[:2000]
+    # ReadWritePaths=/sys/fs/bpf: the shipped configuration pins the map there; look through
+    # the daemon's own root, where that BPF filesystem is mounted.
+    pin_path = tomllib.loads(config_text())["pin_path"]
+    pins = Path(f"/proc/{daemon.process.pid}/root{pin_path}")
+    assert any(pins.glob("sources_v*")), f"nothing pinned in {pins}:\n{daemon.log()}"
     daemon.process.send_signal(signal.SIGTERM)
     assert daemon.process.wait(30) == 0, daemon.log()
 
