@@ -66,6 +66,8 @@ def first_run(fleet: Fleet):
 def test_first_run_installs_and_the_service_is_ready(fleet: Fleet, first_run) -> None:
     for machine in fleet.machines:
         assert first_run.changed(machine.name) > 0, first_run.describe()
+        # the image has every dependency: installed without refreshing apt's lists
+        assert first_run.recap[machine.name]["rescued"] == 0, first_run.describe()
         # the role started the service with the new package and configuration: no handler had
         # anything left to do
         for handler in ("Restart xdp-ip-counter", "Reload xdp-ip-counter"):
@@ -154,6 +156,29 @@ def test_changing_ports_reloads_and_keeps_sources(fleet: Fleet, first_run) -> No
         return peer_entries_complete(fleet, ADDED_PORT)
 
     wait_for(peer_on_added_port, LIST_TIMEOUT_SECONDS, f"the peer on port {ADDED_PORT}", step=2)
+
+
+def test_an_invalid_configuration_is_refused_and_changes_nothing(fleet: Fleet, first_run) -> None:
+    config_before = {
+        m.name: m.ssh("cat /etc/xdp-ip-counter/config.toml").stdout for m in fleet.machines
+    }
+    pids_before = {m.name: service_properties(m)["MainPID"] for m in fleet.machines}
+    interfaces = fleet.role_vars["xdp_ip_counter_interfaces"]
+    try:
+        run = fleet.deploy(xdp_ip_counter_interfaces=[*interfaces, "nosuch0"])
+    finally:
+        fleet.role_vars["xdp_ip_counter_interfaces"] = interfaces
+    for machine in fleet.machines:
+        assert run.recap[machine.name]["failed"] == 1, run.describe()
+    # the daemon's own check, run on the host, names the interface
+    assert "interface 'nosuch0' does not exist" in run.output, run.describe()
+    assert run.handler_outcomes("Reload xdp-ip-counter") == {}, run.describe()
+    for machine in fleet.machines:
+        config = machine.ssh("cat /etc/xdp-ip-counter/config.toml").stdout
+        assert config == config_before[machine.name]
+        properties = service_properties(machine)
+        assert properties["MainPID"] == pids_before[machine.name], (machine.name, properties)
+        assert properties["ActiveState"] == "active", (machine.name, properties)
 
 
 def test_changing_a_restart_only_setting_restarts(fleet: Fleet, first_run) -> None:
