@@ -170,8 +170,9 @@ def test_an_invalid_configuration_is_refused_and_changes_nothing(fleet: Fleet, f
         fleet.role_vars["xdp_ip_counter_interfaces"] = interfaces
     for machine in fleet.machines:
         assert run.recap[machine.name]["failed"] == 1, run.describe()
-    # the daemon's own check, run on the host, names the interface
-    assert "interface 'nosuch0' does not exist" in run.output, run.describe()
+    # the daemon's own check, run on the host, refused it naming the interface
+    assert "failed to validate" in run.output, run.describe()
+    assert "'nosuch0'" in run.output, run.describe()
     assert run.handler_outcomes("Reload xdp-ip-counter") == {}, run.describe()
     for machine in fleet.machines:
         config = machine.ssh("cat /etc/xdp-ip-counter/config.toml").stdout
