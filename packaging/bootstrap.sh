@@ -41,7 +41,8 @@ required_packages=(
     debootstrap                # install test root and VM images
     e2fsprogs                  # mkfs.ext4 for VM images
     openssh-client             # reaching the test VMs
-    python3-bcrypt             # ansible password hashing in the fleet tests
+    python3-bcrypt             # basic-auth password hashes in the web configuration
+    python3-yaml               # the web configuration file (Prometheus web-config format)
     openssl
     curl
 )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import xdp_ip_counter
@@ -36,6 +39,40 @@ def test_deb_depends_on_debians_bcc_and_libraries(built_deb: BuiltDeb) -> None:
     assert any(group.startswith("python3:any") for group in depends), depends
     recommends = built_deb.field("Recommends")
     assert "linux-headers-amd64" in recommends.split(" | ")[0], recommends
+
+
+def third_party_imports() -> set[str]:
+    """Top-level names of the libraries the package imports, anywhere in its modules."""
+    names: set[str] = set()
+    for module in (REPO / "xdp_ip_counter").glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text(), str(module))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return {
+        name
+        for name in names
+        if name not in sys.stdlib_module_names and name not in {"__future__", "xdp_ip_counter"}
+    }
+
+
+def test_every_imported_library_is_a_dependency(built_deb: BuiltDeb) -> None:
+    depends = built_deb.field("Depends")
+    alternatives = {
+        alternative.split()[0] for group in depends.split(",") for alternative in group.split("|")
+    }
+    imports = third_party_imports()
+    assert {"bcc", "prometheus_client"} <= imports, imports
+    for name in sorted(imports):
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin, f"xdp_ip_counter imports {name}: not installed"
+        owner = subprocess.run(
+            ["dpkg-query", "--search", spec.origin], capture_output=True, text=True, check=False
+        )
+        assert owner.returncode == 0, f"{name} ({spec.origin}) is not from a Debian package"
+        package = owner.stdout.split(":")[0]
+        assert package in alternatives, f"imports {name}, from {package}, not in Depends: {depends}"
 
 
 def test_deb_installs_program_module_bpf_source_unit_and_config(built_deb: BuiltDeb) -> None:
