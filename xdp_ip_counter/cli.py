@@ -25,6 +25,7 @@ from xdp_ip_counter.config import (
     parse_ports,
     validate_interfaces,
 )
+from xdp_ip_counter.webconfig import load_web_config
 
 PROG = "xdp-ip-counter"
 
@@ -158,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Keep the map of sources pinned in this bpffs directory, so that a restarted daemon "
         "carries on with what was seen before; empty to disable [default: off]",
     )
+    add(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="PATH",
+        help="Web configuration file (YAML, the Prometheus exporter-toolkit format) that turns on "
+        "TLS and/or basic authentication; re-read on SIGHUP [default: none]",
+    )
     # Not in --help: shorter refresh cycles are for tests (the key refresh_interval is documented).
     add("--refresh-interval", metavar="SECONDS", help=argparse.SUPPRESS)
     add(
@@ -204,7 +212,13 @@ _FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "max_entries": ("max_entries", _integer),
     "refresh_interval": ("refresh_interval", _integer),
     "pin_path": ("pin_path", lambda value, where: value),
+    "web_config_file": ("web_config_file", lambda value, where: _absolute_path(value)),
 }
+
+
+def _absolute_path(text: str) -> str:
+    """A path given on the command line, made absolute (a reload may run in another cwd)."""
+    return str(Path(text).absolute()) if text else ""
 
 
 def _flag_name(parser: argparse.ArgumentParser, dest: str) -> str:
@@ -236,7 +250,12 @@ def settings_from_namespace(
         where = _flag_name(parser, dest)
         values[field_name] = convert(given, where)
         origins[field_name] = where
-    return Settings(**values, config_path=config_path, origins=origins)
+    settings = Settings(**values, config_path=config_path, origins=origins)
+    if settings.web_config_file:
+        # Read here, so that --check-config, start-up and a reload all reject a bad one (the
+        # daemon reads it again to use it).
+        load_web_config(Path(settings.web_config_file), settings.origin("web_config_file"))
+    return settings
 
 
 def settings_from_args(argv: Sequence[str], default_config: Path = DEFAULT_CONFIG_PATH) -> Settings:

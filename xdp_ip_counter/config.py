@@ -263,6 +263,13 @@ def _check_pin_path(value: object, where: str) -> None:
         )
 
 
+def _check_web_config_file(value: object, where: str) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(where, f"expected a file path, got {_describe_value(value)}")
+    if value and not value.startswith("/"):
+        raise ConfigError(where, f"must be an absolute path (or empty for none), got {value!r}")
+
+
 def _check_ports(value: object, where: str) -> None:
     if not isinstance(value, PortFilter):
         raise ConfigError(where, f"expected a PortFilter, got {_describe_value(value)}")
@@ -279,6 +286,7 @@ _FIELD_CHECKS: dict[str, Callable[[object, str], None]] = {
     "max_entries": lambda value, where: _check_int(value, where, 1, MAX_ENTRIES_LIMIT),
     "refresh_interval": lambda value, where: _check_int(value, where, 1),
     "pin_path": _check_pin_path,
+    "web_config_file": _check_web_config_file,
 }
 
 # The flag that sets each key, for messages about defaults (cli.py defines the flags themselves).
@@ -293,6 +301,7 @@ FLAG_FOR_KEY = {
     "max_entries": "--max-entries",
     "refresh_interval": "--refresh-interval",
     "pin_path": "--pin-path",
+    "web_config_file": "--web.config.file",
 }
 
 # Changing these needs a restart: the HTTP socket and the kernel map are made once at start-up
@@ -318,6 +327,7 @@ class Settings:
     max_entries: int = 262144
     refresh_interval: int = 10
     pin_path: str = ""  # a bpffs directory to keep the sources map in across restarts; "" = off
+    web_config_file: str = ""  # TLS and basic auth (exporter-toolkit format, webconfig.py); "" off
     config_path: Path | None = None
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -344,10 +354,11 @@ class Settings:
         listen = f"[{self.listen_address}]" if ":" in self.listen_address else self.listen_address
         source = str(self.config_path) if self.config_path else "none"
         ip_list = "on" if self.serve_ip_list else "off"
+        web = f", web config file {self.web_config_file}" if self.web_config_file else ""
         return (
             f"interfaces {','.join(self.interfaces)}; ports {self.ports}; "
             f"window {self.window}s (refresh every {self.refresh_interval}s); "
-            f"serving {listen}:{self.server_port}, ip list {ip_list}; "
+            f"serving {listen}:{self.server_port}, ip list {ip_list}{web}; "
             f"xdp mode {self.xdp_mode}; max entries {self.max_entries}; config file {source}"
         )
 
@@ -416,6 +427,7 @@ _FILE_TYPES: dict[str, tuple[type, ...]] = {
     "max_entries": (int,),
     "refresh_interval": (int,),
     "pin_path": (str,),
+    "web_config_file": (str,),
 }
 FILE_KEYS = tuple(_FILE_TYPES)
 

@@ -24,6 +24,7 @@ from .http import ListenError, MetricsServer
 from .metrics import View
 from .pinning import PinError, restore_and_pin
 from .systemd import Notifier
+from .webconfig import NO_WEB_CONFIG, WebConfig, load_web_config
 from .window import Snapshot, active_set, stale_keys
 
 log = logging.getLogger("xdp_ip_counter")
@@ -113,7 +114,10 @@ class Daemon:
         that a bad listen address fails before anything is attached."""
         s = self.settings
         validate_interfaces(s)
-        self._server = MetricsServer.bind(s.listen_address, s.server_port, self.current_view)
+        web = self._web_config(s)
+        self._server = MetricsServer.bind(
+            s.listen_address, s.server_port, self.current_view, web_config=web
+        )
         self._datapath = DataPath(s.max_entries)
         if s.pin_path:
             carried = restore_and_pin(Path(s.pin_path), self._datapath.sources_fd, s.max_entries)
@@ -137,6 +141,19 @@ class Daemon:
         self.refresh()
         self._server.start()
         self._notifier.ready(status=self._status())
+
+    @staticmethod
+    def _web_config(settings: Settings) -> WebConfig:
+        """The web configuration file read (again: the file and the certificates it names may
+        have changed since the settings were checked), logged with its notes. ConfigError if bad.
+        """
+        if not settings.web_config_file:
+            return NO_WEB_CONFIG
+        web = load_web_config(Path(settings.web_config_file), settings.origin("web_config_file"))
+        log.info("web configuration %s", web.describe())
+        for note in web.notes:
+            log.warning("%s", note)
+        return web
 
     def _attach(self, ifname: str) -> None:
         assert self._datapath is not None
@@ -262,6 +279,9 @@ class Daemon:
             log.warning("%s changed: takes effect after a restart", field)
         # Keep the running values of what needs a restart.
         new = replace(new, **{f: getattr(old, f) for f in restart})
+        # Read before anything changes: a bad file rejects the whole reload. Read even when the
+        # path is the same, so that renewed certificates and changed users are picked up.
+        web = self._web_config(new)
         assert self._datapath is not None
         added = [i for i in new.interfaces if i not in old.interfaces]
         removed = [i for i in old.interfaces if i not in new.interfaces]
@@ -278,6 +298,8 @@ class Daemon:
             self._datapath.set_ports(new.ports)
         for ifname in removed:
             self._datapath.detach(ifname)
+        if self._server is not None:
+            self._server.set_web_config(web)
         self.settings = new
         if changes:
             log.info("reloaded: %s", "; ".join(changes))

@@ -12,6 +12,11 @@ Limits, because the port may be reachable by clients that are not Prometheus:
 - at most 64 connections at once; beyond that new connections are closed at once;
 - at most 2 /list answers rendered at once (a million rows is ~2 s of CPU); more get 503.
 Requests are logged at debug level only: a scrape every few seconds is not news.
+
+With a web configuration file (webconfig.py), the TLS handshake happens in the connection's own
+thread, within the same 10 s as the request (a client that connects and never says hello holds
+one connection slot, never the accept loop), and basic authentication comes before everything
+else: without valid credentials every path is 401, unknown ones included.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import logging
 import re
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +42,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from xdp_ip_counter import __version__
 from xdp_ip_counter.metrics import Exposition, View
+from xdp_ip_counter.webconfig import NO_WEB_CONFIG, BasicAuth, WebConfig, challenge
 from xdp_ip_counter.window import ActiveSet, family_name, protocol_name, rfc3339_ms
 
 log = logging.getLogger(__name__)
@@ -57,6 +64,11 @@ JSON = "application/json"
 
 LIST_PARAMETERS = ("iface", "port", "proto", "type")
 _PORT = re.compile(r"[0-9]{1,5}")
+# RFC 9110 tokens (methods, header names); a request target is visible ASCII (RFC 9112, 3.2).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_TARGET = re.compile(r"[\x21-\x7e]+")
+_CONTROL_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17}
 _FAMILY_NUMBERS = {"v4": 4, "v6": 6}
 
@@ -201,8 +213,25 @@ def landing_page(view: View) -> bytes:
 # -- the server -------------------------------------------------------------------------------
 
 
+class _Deadline:
+    """The clock of one connection: the handshake (with TLS) and the request must be done by the
+    time the server's reaper looks at it; if not, the reaper shuts the socket down, and the read
+    in progress ends."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        self.connection = connection
+        self.expired = False
+
+    def cut_off(self) -> None:
+        self.expired = True
+        with contextlib.suppress(OSError):
+            # socket.socket's own shutdown, also for an SSLSocket: it shuts the descriptor down
+            # without touching the TLS state the connection's thread is using.
+            socket.socket.shutdown(self.connection, socket.SHUT_RDWR)
+
+
 class _RequestReader:
-    """The request's input, with a byte budget and a deadline the server's reaper enforces.
+    """The request's input, with a byte budget and the connection's deadline.
 
     http.server reads the request line and headers with readline(); past the budget this raises
     http.client.LineTooLong, which http.server answers with 431. When the reaper finds the
@@ -210,20 +239,21 @@ class _RequestReader:
     ends with TimeoutError.
     """
 
-    def __init__(self, raw: BinaryIO, connection: socket.socket, budget: int) -> None:
+    def __init__(self, raw: BinaryIO, deadline: _Deadline, budget: int) -> None:
         self._raw = raw
-        self.connection = connection
+        self._deadline = deadline
         self._remaining = budget
-        self.expired = False
+        self.lines: list[bytes] = []  # as received, for the checks http.server does not make
 
     def readline(self, size: int = -1) -> bytes:
         if self._remaining <= 0:
             raise LineTooLong("request headers")
         limit = self._remaining + 1 if size < 0 else min(size, self._remaining + 1)
         line = self._raw.readline(limit)
-        if self.expired:
+        if self._deadline.expired:
             raise TimeoutError(f"request not received within {REQUEST_TIMEOUT_S:g} s")
         self._remaining -= len(line)
+        self.lines.append(line)
         return line
 
     def read(self, size: int = -1) -> bytes:  # http.server never reads a body of GET/HEAD
@@ -241,10 +271,26 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = REQUEST_TIMEOUT_S
 
+    def __init__(self, request: Any, client_address: Any, server: MetricsServer, web: WebConfig):
+        self.web = web  # the web configuration this connection started with, for all of it
+        super().__init__(request, client_address, server)
+
     def setup(self) -> None:
+        self.deadline = _Deadline(self.request)
+        self.server.reading(self.deadline)
         super().setup()
-        self.rfile = _RequestReader(self.rfile, self.connection, MAX_REQUEST_BYTES)
-        self.server.reading(self.rfile)
+        self.rfile = _RequestReader(self.rfile, self.deadline, MAX_REQUEST_BYTES)
+
+    def handle(self) -> None:
+        if isinstance(self.connection, ssl.SSLSocket):
+            try:
+                self.connection.do_handshake()
+            except (ssl.SSLError, OSError) as exc:  # a timeout, a reset, plain HTTP, bad hello
+                late = " (deadline)" if self.deadline.expired else ""
+                log.debug("%s: TLS handshake failed%s: %s", self.address_string(), late, exc)
+                self.server.done_reading(self.deadline)
+                return
+        super().handle()
 
     def handle_one_request(self) -> None:
         """http.server's, with our request line limit and our own dispatch (405, not 501)."""
@@ -259,20 +305,27 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if not self.parse_request():
                 return
-            self.server.done_reading(self.rfile)
+            self.server.done_reading(self.deadline)
             if self.request_version == "HTTP/0.9":
                 self.send_error(HTTPStatus.BAD_REQUEST, "HTTP/0.9 is not supported")
+                return
+            problem = _malformed(self.command, self.path, self.rfile.lines[1:])
+            if problem:
+                self.send_error(HTTPStatus.BAD_REQUEST, problem)
                 return
             if len(self.headers) > MAX_HEADERS:
                 self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "too many headers")
                 return
+            if not self.server.basic_auth.allows(self.web.users, self.headers.get("Authorization")):
+                self.send_error(HTTPStatus.UNAUTHORIZED, "authentication required")
+                return
             self._route()
             self.wfile.flush()
-        except (TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, ConnectionError, ssl.SSLError) as exc:
             log.debug("%s: connection dropped: %s", self.address_string(), exc)
             self.close_connection = True
         finally:
-            self.server.done_reading(self.rfile)
+            self.server.done_reading(self.deadline)
 
     def _route(self) -> None:
         target = urlsplit(self.path)
@@ -342,7 +395,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _common_headers(self) -> None:
         self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
+        configured = dict(self.web.headers)
+        if "X-Content-Type-Options" not in configured:
+            self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in self.web.headers:
+            self.send_header(name, value)
         self.send_header("Connection", "close")
 
     def _send(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
@@ -354,12 +411,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Allow", ALLOWED_METHODS)
         if status == HTTPStatus.SERVICE_UNAVAILABLE:
             self.send_header("Retry-After", "1")
+        if status == HTTPStatus.UNAUTHORIZED:
+            self.send_header("WWW-Authenticate", challenge())
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Every error, ours and http.server's (400, 414, 431, 505), as {"error": "..."}."""
+        """Every error, ours and http.server's (400, 401, 414, 431, 505), as {"error": "..."}."""
         status = HTTPStatus(code)
         self.close_connection = True
         if self.request_version == "HTTP/0.9":  # not known yet (a bad request line): answer 1.0
@@ -371,8 +430,31 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s: " + format, self.address_string(), *args)
 
 
+def _malformed(method: str, target: str, header_lines: list[bytes]) -> str | None:
+    """What http.server lets through but HTTP does not allow (RFC 9110, 9112): a method that is
+    not a token, a target with spaces, controls or non-ASCII, a header line without a name and
+    a colon, obsolete line folding, control characters in a value. None when all is well."""
+    if not _TOKEN.fullmatch(method):
+        return f"malformed method {method!r}"
+    if not _TARGET.fullmatch(target):
+        return f"malformed request target {target!r}"
+    for line in header_lines:
+        line = line.rstrip(b"\r\n")
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            return "obsolete line folding in the headers"
+        name, colon, value = line.partition(b":")
+        if not colon or not _HEADER_NAME.fullmatch(name):
+            return f"malformed header line {line[:40].decode('latin-1')!r}"
+        if _CONTROL_IN_VALUE.search(value):
+            return f"control character in the value of header {name.decode('latin-1')!r}"
+    return None
+
+
 class MetricsServer(ThreadingHTTPServer):
-    """Serves /, /metrics and /list from the View that ``get_view()`` returns at each request."""
+    """Serves /, /metrics and /list from the View that ``get_view()`` returns at each request,
+    with the TLS, authentication and headers of ``web_config`` (swapped by set_web_config)."""
 
     daemon_threads = True
     block_on_close = False
@@ -384,14 +466,17 @@ class MetricsServer(ThreadingHTTPServer):
         port: int,
         get_view: Callable[[], View | None],
         exposition: Exposition | None = None,
+        web_config: WebConfig = NO_WEB_CONFIG,
     ) -> None:
         self.get_view = get_view
         self.exposition = exposition if exposition is not None else Exposition()
+        self.web_config = web_config
+        self.basic_auth = BasicAuth()
         self.address_family = _family_of(address)
         self._connections = 0
         self._connections_lock = threading.Lock()
         self.list_renders = threading.BoundedSemaphore(MAX_LIST_RENDERS)
-        self._deadlines: dict[_RequestReader, float] = {}
+        self._deadlines: dict[_Deadline, float] = {}
         self._deadlines_lock = threading.Lock()
         self._stopping = threading.Event()
         self._wake_reaper = threading.Event()
@@ -405,11 +490,12 @@ class MetricsServer(ThreadingHTTPServer):
         port: int,
         get_view: Callable[[], View | None],
         exposition: Exposition | None = None,
+        web_config: WebConfig = NO_WEB_CONFIG,
     ) -> MetricsServer:
         """Bind and listen on address:port (IPv4 or IPv6); ListenError says why not."""
         shown = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         try:
-            return cls(address, port, get_view, exposition)
+            return cls(address, port, get_view, exposition, web_config)
         except OSError as exc:
             hint = {
                 errno.EADDRINUSE: " (another process listens there: see `ss -ltnp`)",
@@ -428,6 +514,11 @@ class MetricsServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         self.server_name = str(host)
         self.server_port = int(port)
+
+    def set_web_config(self, web_config: WebConfig) -> None:
+        """Use another web configuration (a reload) from the next connection on; connections
+        in progress finish with the one they started with."""
+        self.web_config = web_config
 
     @property
     def port(self) -> int:
@@ -500,9 +591,19 @@ class MetricsServer(ThreadingHTTPServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """socketserver's, with the connection wrapped for TLS (no I/O: the handshake is the
+        handler's first step, on the request's clock) and the web configuration read once."""
+        web = self.web_config
         try:
-            super().process_request_thread(request, client_address)
+            if web.tls is not None:
+                request = web.tls.wrap_socket(
+                    request, server_side=True, do_handshake_on_connect=False
+                )
+            _Handler(request, client_address, self, web)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
+            self.shutdown_request(request)
             self._release()
 
     def _release(self) -> None:
@@ -513,7 +614,12 @@ class MetricsServer(ThreadingHTTPServer):
         """Close gracefully: send FIN, then read and drop what the client still sends (for at
         most LINGER_S and LINGER_BYTES), so that closing with unread input (a request cut short
         by a limit, a pipelined second request) does not reset the connection and destroy the
-        answer before the client has read it."""
+        answer before the client has read it. A TLS connection says close_notify first, so that
+        a client reading a /list body to the end of the stream knows it was not cut short."""
+        if isinstance(request, ssl.SSLSocket):
+            with contextlib.suppress(OSError, ValueError):
+                request.settimeout(LINGER_S)
+                request = request.unwrap()
         with contextlib.suppress(OSError):
             request.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + LINGER_S
@@ -529,32 +635,31 @@ class MetricsServer(ThreadingHTTPServer):
                 dropped += len(data)
         self.close_request(request)
 
-    def reading(self, reader: _RequestReader) -> None:
-        """Start the clock for a request: it must be read within REQUEST_TIMEOUT_S."""
+    def reading(self, deadline: _Deadline) -> None:
+        """Start the clock for a connection: its TLS handshake (if any) and its request must be
+        done within REQUEST_TIMEOUT_S."""
         with self._deadlines_lock:
             was_idle = not self._deadlines
-            self._deadlines[reader] = time.monotonic() + REQUEST_TIMEOUT_S
+            self._deadlines[deadline] = time.monotonic() + REQUEST_TIMEOUT_S
         if was_idle:  # later deadlines are never earlier than the ones the reaper waits for
             self._wake_reaper.set()
 
-    def done_reading(self, reader: _RequestReader) -> None:
+    def done_reading(self, deadline: _Deadline) -> None:
         with self._deadlines_lock:
-            self._deadlines.pop(reader, None)
+            self._deadlines.pop(deadline, None)
 
     def _reap(self) -> None:
         """Shut down the connections whose request is late. Sleeps until the next deadline."""
         while not self._stopping.is_set():
             with self._deadlines_lock:
                 now = time.monotonic()
-                late = [reader for reader, deadline in self._deadlines.items() if deadline <= now]
-                for reader in late:
-                    del self._deadlines[reader]
+                late = [clock for clock, deadline in self._deadlines.items() if deadline <= now]
+                for clock in late:
+                    del self._deadlines[clock]
                 upcoming = min(self._deadlines.values(), default=None)
                 self._wake_reaper.clear()
-            for reader in late:
-                reader.expired = True
-                with contextlib.suppress(OSError):
-                    reader.connection.shutdown(socket.SHUT_RDWR)
+            for deadline in late:
+                deadline.cut_off()
             timeout = None if upcoming is None else max(upcoming - time.monotonic(), 0) + 0.01
             self._wake_reaper.wait(timeout)
 
