@@ -1,9 +1,9 @@
 """A Debian 12 disk image for the fleet tests, built with debootstrap and cached by its inputs.
 
-The image holds everything the xdp-ip-counter .deb depends on (bcc, the kernel and its matching
-headers, the Python libraries) plus what Ansible needs on a managed host (python3, python3-apt),
-so the playbook installs the .deb without reaching the network; the role still works with a
-network, where apt fetches whatever is missing.
+The image holds everything the xdp-ip-counter .deb depends on (read from
+packaging/debian/control), the kernel and its matching headers for bcc, and what Ansible needs on
+a managed host (python3, python3-apt), so the playbook installs the .deb without reaching the
+network; the role still works with a network, where apt fetches whatever is missing.
 
 Nothing about one particular VM is baked in. Each boot passes on the kernel command line:
   fleettest.authorized_key=<base64 of an OpenSSH public key>   root's authorized_keys
@@ -14,8 +14,8 @@ before ssh and systemd-networkd start. So one cached image serves every VM of ev
 run uses a fresh SSH key.
 
 The cache lives in /var/cache/xdp-ip-counter-tests/debian12-<key>/, where <key> is a hash of this
-file (package list, configuration, build steps). A build happens in a temporary directory beside
-it, under a lock, and is renamed into place only when complete.
+file (configuration, build steps) and of the package list. A build happens in a temporary
+directory beside it, under a lock, and is renamed into place only when complete.
 
 Build or show the cached image (root): /usr/bin/python3 tests/fleet/debian_image.py
 """
@@ -39,8 +39,11 @@ CACHE_ROOT = Path(os.environ.get("XDP_IP_COUNTER_TEST_CACHE", "/var/cache/xdp-ip
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 
-# Everything the .deb depends on, and what Ansible and the test need on the host.
-PACKAGES = (
+CONTROL_FILE = Path(__file__).resolve().parents[2] / "packaging" / "debian" / "control"
+
+# What booting, Ansible and the test need on the host; the .deb's own Depends are added from
+# packaging/debian/control (package_dependencies()), so the image follows the package.
+BASE_PACKAGES = (
     # booting and being reachable
     "systemd-sysv",
     "udev",
@@ -49,14 +52,9 @@ PACKAGES = (
     "linux-image-amd64",
     "openssh-server",
     "iproute2",
-    # xdp-ip-counter's dependencies: bcc needs headers matching the running kernel, which
-    # linux-headers-amd64 gives because it comes from the same archive as linux-image-amd64
+    # bcc needs headers matching the running kernel, which linux-headers-amd64 gives because
+    # it comes from the same archive as linux-image-amd64 (the .deb only recommends headers)
     "linux-headers-amd64",
-    "python3-bpfcc",
-    "python3-prometheus-client",
-    "python3-sdnotify",
-    "python3-numpy",
-    "python3-tomli",
     # Ansible on the managed host (apt module), and curl for the operator's checks
     "python3",
     "python3-apt",
@@ -148,9 +146,35 @@ class DebianImage:
     kernel_release: str
 
 
+def package_dependencies(control_file: Path = CONTROL_FILE) -> list[str]:
+    """The Depends of the xdp-ip-counter binary package, first alternative of each, without
+    versions and substitution variables (${python3:Depends} is python3, installed anyway)."""
+    stanza = control_file.read_text().split("\nPackage: xdp-ip-counter\n", 1)[1]
+    field_lines: list[str] = []
+    for line in stanza.splitlines():
+        if line.startswith("Depends:"):
+            field_lines.append(line.removeprefix("Depends:"))
+        elif field_lines and line.startswith((" ", "\t")):
+            field_lines.append(line)
+        elif field_lines:
+            break
+    packages = []
+    for item in " ".join(field_lines).split(","):
+        first_alternative = item.split("|")[0].strip()
+        name = first_alternative.split("(")[0].split(":")[0].strip()
+        if name and not name.startswith("$"):
+            packages.append(name)
+    return packages
+
+
+def image_packages() -> list[str]:
+    return sorted(set(BASE_PACKAGES) | set(package_dependencies()))
+
+
 def image_key() -> str:
-    """Hash of every input of the build: this file holds them all."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    """Hash of every input of the build: this file and the package list."""
+    inputs = Path(__file__).read_bytes() + "\n".join(image_packages()).encode()
+    return hashlib.sha256(inputs).hexdigest()[:16]
 
 
 def cached_image(cache_root: Path = CACHE_ROOT) -> DebianImage | None:
@@ -262,7 +286,7 @@ def _build(build_dir: Path, log: Path) -> None:
         [
             "debootstrap",
             "--variant=minbase",
-            f"--include={','.join(PACKAGES)}",
+            f"--include={','.join(image_packages())}",
             f"--cache-dir={deb_cache}",
             SUITE,
             str(root),
@@ -310,7 +334,7 @@ def _build(build_dir: Path, log: Path) -> None:
     manifest = {
         "key": image_key(),
         "suite": SUITE,
-        "packages": list(PACKAGES),
+        "packages": image_packages(),
         "kernel_release": kernel_release,
         "size_bytes": size_bytes,
         "build_seconds": round(time.monotonic() - started, 1),

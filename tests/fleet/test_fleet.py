@@ -66,7 +66,8 @@ def first_run(fleet: Fleet):
 def test_first_run_installs_and_the_service_is_ready(fleet: Fleet, first_run) -> None:
     for machine in fleet.machines:
         assert first_run.changed(machine.name) > 0, first_run.describe()
-        # the image has every dependency: installed without refreshing apt's lists
+        # the image has every dependency: installed without refreshing apt's lists (if this
+        # fails, see package_dependencies() in debian_image.py)
         assert first_run.recap[machine.name]["rescued"] == 0, first_run.describe()
         # the role started the service with the new package and configuration: no handler had
         # anything left to do
