@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from ansible_fleet import (
     Fleet,
+    PlaybookRun,
     active_users,
     metric_value,
     send_from,
@@ -57,13 +58,13 @@ def peer_entries_complete(fleet: Fleet, port: int) -> dict[tuple[str, str], dict
 
 
 @pytest.fixture(scope="module")
-def first_run(fleet: Fleet):
+def first_run(fleet: Fleet) -> PlaybookRun:
     run = fleet.deploy(xdp_ip_counter_deb=str(fleet.deb), **ROLE_VARS)
     fleet.check(run)
     return run
 
 
-def test_first_run_installs_and_the_service_is_ready(fleet: Fleet, first_run) -> None:
+def test_first_run_installs_and_the_service_is_ready(fleet: Fleet, first_run: PlaybookRun) -> None:
     for machine in fleet.machines:
         assert first_run.changed(machine.name) > 0, first_run.describe()
         # the image has every dependency: installed without refreshing apt's lists (if this
@@ -87,7 +88,7 @@ def test_first_run_installs_and_the_service_is_ready(fleet: Fleet, first_run) ->
         assert 'ports = [22, 7001, "7100-7102"]' in config, config
 
 
-def test_metrics_answer_with_the_configured_ports(fleet: Fleet, first_run) -> None:
+def test_metrics_answer_with_the_configured_ports(fleet: Fleet, first_run: PlaybookRun) -> None:
     for machine in fleet.machines:
         samples = active_users(machine)
         ports = {port for (_, _, port) in samples}
@@ -95,7 +96,7 @@ def test_metrics_answer_with_the_configured_ports(fleet: Fleet, first_run) -> No
         assert metric_value(machine, "xdp_ip_counter_window_seconds") == 600
 
 
-def test_traffic_from_the_peer_shows_in_the_list(fleet: Fleet, first_run) -> None:
+def test_traffic_from_the_peer_shows_in_the_list(fleet: Fleet, first_run: PlaybookRun) -> None:
     def peer_seen() -> dict[tuple[str, str], dict[str, Any]]:
         send_from(fleet.peer, fleet.watched, [7001, 7101, 9999])
         return peer_entries_complete(fleet, 7001) and peer_entries_complete(fleet, 7101)
@@ -118,7 +119,7 @@ def test_traffic_from_the_peer_shows_in_the_list(fleet: Fleet, first_run) -> Non
     assert active_users(fleet.peer)[("v4", "tcp", "7001")] == 0
 
 
-def test_changing_ports_reloads_and_keeps_sources(fleet: Fleet, first_run) -> None:
+def test_changing_ports_reloads_and_keeps_sources(fleet: Fleet, first_run: PlaybookRun) -> None:
     send_from(fleet.peer, fleet.watched, [7001])
     before = wait_for(
         lambda: peer_entries_complete(fleet, 7001), LIST_TIMEOUT_SECONDS, "the peer on 7001"
@@ -159,7 +160,9 @@ def test_changing_ports_reloads_and_keeps_sources(fleet: Fleet, first_run) -> No
     wait_for(peer_on_added_port, LIST_TIMEOUT_SECONDS, f"the peer on port {ADDED_PORT}", step=2)
 
 
-def test_an_invalid_configuration_is_refused_and_changes_nothing(fleet: Fleet, first_run) -> None:
+def test_an_invalid_configuration_is_refused_and_changes_nothing(
+    fleet: Fleet, first_run: PlaybookRun
+) -> None:
     config_before = {
         m.name: m.ssh("cat /etc/xdp-ip-counter/config.toml").stdout for m in fleet.machines
     }
@@ -183,7 +186,7 @@ def test_an_invalid_configuration_is_refused_and_changes_nothing(fleet: Fleet, f
         assert properties["ActiveState"] == "active", (machine.name, properties)
 
 
-def test_changing_a_restart_only_setting_restarts(fleet: Fleet, first_run) -> None:
+def test_changing_a_restart_only_setting_restarts(fleet: Fleet, first_run: PlaybookRun) -> None:
     pids_before = {m.name: service_properties(m)["MainPID"] for m in fleet.machines}
 
     run = fleet.deploy(xdp_ip_counter_max_entries=65536)
@@ -208,7 +211,7 @@ def test_changing_a_restart_only_setting_restarts(fleet: Fleet, first_run) -> No
         )
 
 
-def test_a_second_run_changes_nothing(fleet: Fleet, first_run) -> None:
+def test_a_second_run_changes_nothing(fleet: Fleet, first_run: PlaybookRun) -> None:
     run = fleet.deploy()
     fleet.check(run)
     for machine in fleet.machines:
