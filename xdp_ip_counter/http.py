@@ -438,8 +438,8 @@ def _malformed(method: str, target: str, header_lines: list[bytes]) -> str | Non
         return f"malformed method {method!r}"
     if not _TARGET.fullmatch(target):
         return f"malformed request target {target!r}"
-    for line in header_lines:
-        line = line.rstrip(b"\r\n")
+    for received in header_lines:
+        line = received.rstrip(b"\r\n")
         if not line:
             continue
         if line[:1] in (b" ", b"\t"):
