@@ -364,6 +364,8 @@ class Settings:
 
 
 def _show(name: str, value: object) -> str:
+    if name == "web_config_file":
+        return str(value) or "none"
     if name == "interfaces":
         assert isinstance(value, tuple)
         return ",".join(value)

@@ -8,7 +8,8 @@ Limits, because the port may be reachable by clients that are not Prometheus:
 - the request line at most 8 KiB (414), the request line and headers together at most 32 KiB
   (431), at most 64 headers (431); a body is never read;
 - the whole request must arrive within 10 s of the connection (a client trickling headers is cut
-  off), and every later socket operation (each write of the response) within 10 s;
+  off), every later socket operation (each write of the response) within 10 s, and the whole
+  response within 300 s (a client reading a large /list a byte at a time is cut off too);
 - at most 64 connections at once; beyond that new connections are closed at once;
 - at most 2 /list answers rendered at once (a million rows is ~2 s of CPU); more get 503.
 Requests are logged at debug level only: a scrape every few seconds is not news.
@@ -48,6 +49,8 @@ from xdp_ip_counter.window import ActiveSet, family_name, protocol_name, rfc3339
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 10.0  # to receive the whole request; also each socket operation after it
+# To send the whole answer. /list can be ~200 MB for a million sources: 300 s is ~5 Mbit/s.
+RESPONSE_TIMEOUT_S = 300.0
 MAX_REQUEST_LINE = 8 * 1024
 MAX_REQUEST_BYTES = 32 * 1024  # request line + headers
 MAX_HEADERS = 64
@@ -277,7 +280,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         self.deadline = _Deadline(self.request)
-        self.server.reading(self.deadline)
+        self.server.start_clock(self.deadline, REQUEST_TIMEOUT_S)
         super().setup()
         self.rfile = _RequestReader(self.rfile, self.deadline, MAX_REQUEST_BYTES)
 
@@ -285,10 +288,10 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(self.connection, ssl.SSLSocket):
             try:
                 self.connection.do_handshake()
-            except (ssl.SSLError, OSError) as exc:  # a timeout, a reset, plain HTTP, bad hello
+            except OSError as exc:  # a timeout, a reset, plain HTTP, a bad hello
                 late = " (deadline)" if self.deadline.expired else ""
                 log.debug("%s: TLS handshake failed%s: %s", self.address_string(), late, exc)
-                self.server.done_reading(self.deadline)
+                self.server.stop_clock(self.deadline)
                 return
         super().handle()
 
@@ -305,7 +308,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if not self.parse_request():
                 return
-            self.server.done_reading(self.deadline)
+            # The request is in: from now on the clock runs for the answer.
+            self.server.start_clock(self.deadline, RESPONSE_TIMEOUT_S)
             if self.request_version == "HTTP/0.9":
                 self.send_error(HTTPStatus.BAD_REQUEST, "HTTP/0.9 is not supported")
                 return
@@ -321,11 +325,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._route()
             self.wfile.flush()
-        except (TimeoutError, ConnectionError, ssl.SSLError) as exc:
+        except OSError as exc:  # a timeout, a reset, a TLS error: the client's doing
             log.debug("%s: connection dropped: %s", self.address_string(), exc)
             self.close_connection = True
         finally:
-            self.server.done_reading(self.deadline)
+            self.server.stop_clock(self.deadline)
 
     def _route(self) -> None:
         target = urlsplit(self.path)
@@ -600,6 +604,8 @@ class MetricsServer(ThreadingHTTPServer):
                     request, server_side=True, do_handshake_on_connect=False
                 )
             _Handler(request, client_address, self, web)
+        except OSError as exc:  # the client went away while the connection was being set up
+            log.debug("%s: connection dropped: %s", client_address[0], exc)
         except Exception:
             self.handle_error(request, client_address)
         finally:
@@ -635,21 +641,22 @@ class MetricsServer(ThreadingHTTPServer):
                 dropped += len(data)
         self.close_request(request)
 
-    def reading(self, deadline: _Deadline) -> None:
-        """Start the clock for a connection: its TLS handshake (if any) and its request must be
-        done within REQUEST_TIMEOUT_S."""
+    def start_clock(self, deadline: _Deadline, seconds: float) -> None:
+        """(Re)start a connection's clock: what it is doing (the TLS handshake and the request,
+        or the answer) must be done within `seconds`, or the reaper cuts it off."""
+        due = time.monotonic() + seconds
         with self._deadlines_lock:
-            was_idle = not self._deadlines
-            self._deadlines[deadline] = time.monotonic() + REQUEST_TIMEOUT_S
-        if was_idle:  # later deadlines are never earlier than the ones the reaper waits for
+            earliest = min(self._deadlines.values(), default=None)
+            self._deadlines[deadline] = due
+        if earliest is None or due < earliest:  # earlier than what the reaper sleeps towards
             self._wake_reaper.set()
 
-    def done_reading(self, deadline: _Deadline) -> None:
+    def stop_clock(self, deadline: _Deadline) -> None:
         with self._deadlines_lock:
             self._deadlines.pop(deadline, None)
 
     def _reap(self) -> None:
-        """Shut down the connections whose request is late. Sleeps until the next deadline."""
+        """Shut down the connections that are late. Sleeps until the next deadline."""
         while not self._stopping.is_set():
             with self._deadlines_lock:
                 now = time.monotonic()

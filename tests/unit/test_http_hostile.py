@@ -24,14 +24,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from test_http import FIXTURES, sample_view
+from test_http import FIXTURES, IFNAMES, NOW, WALL, S, sample_view
 from test_webconfig import PKI, basic, bcrypt_hash, make_pki
 
 from xdp_ip_counter import http as server_module
-from xdp_ip_counter.http import MAX_CONNECTIONS, MAX_HEADERS, MAX_REQUEST_LINE, MetricsServer
-from xdp_ip_counter.metrics import Exposition
+from xdp_ip_counter.http import (
+    MAX_CONNECTIONS,
+    MAX_HEADERS,
+    MAX_LIST_RENDERS,
+    MAX_REQUEST_LINE,
+    MetricsServer,
+)
+from xdp_ip_counter.layout import KEY_DTYPE, VALUE_DTYPE
+from xdp_ip_counter.metrics import Exposition, View
 from xdp_ip_counter.webconfig import NO_WEB_CONFIG, WebConfig, load_web_config
+from xdp_ip_counter.window import Snapshot, active_set
 
 JSON = "application/json"
 SHORT_DEADLINE_S = 1.0  # REQUEST_TIMEOUT_S in the tests that wait for it
@@ -415,6 +424,69 @@ def _one_round_of_200(server: MetricsServer, deadline_s: float, wait_for_the_dea
         for conn in held:
             conn.close()
         wait_for(lambda: server.connections == 0, 10, "every connection of the round closed")
+
+
+def big_view(rows: int) -> View:
+    """A view with `rows` sources (10.0.0.0 upwards, port 22): about 170 bytes each in /list."""
+    addresses = np.zeros((rows, 16), np.uint8)
+    addresses[:, 10:12] = 0xFF
+    addresses[:, 12:16] = (np.arange(rows, dtype=">u4") + 0x0A000000).view(np.uint8).reshape(-1, 4)
+    keys = np.zeros(rows, KEY_DTYPE)
+    keys["addr"] = addresses.view("V16").ravel()
+    keys["ifindex"], keys["port"], keys["proto"], keys["family"] = 2, 22, 6, 4
+    values = np.zeros(rows, VALUE_DTYPE)
+    values["first_seen"] = values["last_seen"] = NOW - S
+    values["packets"], values["bytes"] = 1, 60
+    snapshot = Snapshot(keys, values, NOW, WALL, {}, rows, rows)
+    return sample_view(active=active_set(snapshot, 60, IFNAMES), snapshot=snapshot)
+
+
+def test_a_client_that_never_reads_its_answer_is_cut_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A /list of ~17 MB to a client that reads nothing: more than the socket buffers hold, so
+    the server's writes block. The answer's own clock (RESPONSE_TIMEOUT_S, 1 s here) cuts the
+    connection, long before the 10 s that each socket operation may take; meanwhile the other
+    /list slot serves others, and afterwards both slots are free again."""
+    monkeypatch.setattr(server_module, "RESPONSE_TIMEOUT_S", 1.0)
+    view = big_view(100_000)
+    server = MetricsServer.bind("127.0.0.1", 0, lambda: view, Exposition(False))
+    server.start()
+    try:
+        with socket.socket() as stalled:
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled.settimeout(10)
+            stalled.connect(("127.0.0.1", server.port))
+            stalled.sendall(b"GET /list HTTP/1.0\r\n\r\n")
+            started = time.monotonic()
+            wait_for(lambda: server.connections == 1, 5, "the stalled client accepted")
+            status, body = _get_list(server.port)
+            assert status == 200
+            assert len(json.loads(body)) == 100_000
+            wait_for(lambda: server.connections == 0, 5, "the stalled client cut off")
+            elapsed = time.monotonic() - started
+            assert 0.9 <= elapsed < 4, f"cut off after {elapsed:.1f} s"
+            with contextlib.suppress(ConnectionResetError):
+                received = b""
+                while chunk := stalled.recv(1 << 20):
+                    received += chunk
+                assert 0 < len(received) < len(body)  # a beginning, then the end of the stream
+        for _ in range(MAX_LIST_RENDERS):
+            assert server.list_renders.acquire(blocking=False), "a /list slot was not released"
+        for _ in range(MAX_LIST_RENDERS):
+            server.list_renders.release()
+    finally:
+        server.close()
+
+
+def _get_list(port: int) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", "/list")
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 def _answered(port: int) -> bool:

@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import require
 from xdp_ip_counter.cli import settings_from_args
-from xdp_ip_counter.config import ConfigError, Settings
+from xdp_ip_counter.config import ConfigError, Settings, diff, needs_restart
 from xdp_ip_counter.daemon import Daemon
 from xdp_ip_counter.http import MetricsServer
 from xdp_ip_counter.metrics import Exposition
@@ -716,3 +716,9 @@ def test_reload_is_concurrent_with_requests(reload_rig: ReloadRig) -> None:
         thread.join(timeout=10)
     assert statuses
     assert set(statuses) == {200}
+
+
+def test_a_reload_says_what_changed(tmp_path: Path) -> None:
+    before, after = Settings(), Settings(web_config_file="/etc/xdp-ip-counter/web.yml")
+    assert diff(before, after) == ["web_config_file: none -> /etc/xdp-ip-counter/web.yml"]
+    assert needs_restart(before, after) == []  # applied by a reload
