@@ -274,6 +274,35 @@ def _run(step: str, command: list[str], log: Path) -> None:
         raise ImageBuildError(f"{step} failed (exit {result.returncode}); see {log}:\n{tail}")
 
 
+def _install_in_root(root: Path, packages: list[str], deb_cache: Path, log: Path) -> None:
+    """apt-get install inside the root, with /proc mounted and no service started. Packages
+    already downloaded (deb_cache) are linked in first, and new downloads linked back."""
+    archives = root / "var/cache/apt/archives"
+    for deb in deb_cache.glob("*.deb"):
+        if not (archives / deb.name).exists():
+            os.link(deb, archives / deb.name)
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    subprocess.run(["mount", "-t", "proc", "proc", str(root / "proc")], check=True)
+    try:
+        _run(
+            "apt-get install of the package's dependencies",
+            [
+                "chroot", str(root), "env", "DEBIAN_FRONTEND=noninteractive",
+                "apt-get", "install", "-y", "-q", "--no-install-recommends",
+                *packages,
+            ],
+            log,
+        )  # fmt: skip
+        for deb in archives.glob("*.deb"):
+            if not (deb_cache / deb.name).exists():
+                os.link(deb, deb_cache / deb.name)
+    finally:
+        subprocess.run(["umount", str(root / "proc")], check=False)
+        policy.unlink()
+
+
 def _build(build_dir: Path, log: Path) -> None:
     started = time.monotonic()
     root = build_dir / "root"
@@ -281,19 +310,30 @@ def _build(build_dir: Path, log: Path) -> None:
     log.write_text(f"building Debian {SUITE} image {image_key()} in {build_dir}\n")
     deb_cache = build_dir.parent / "debs"
     deb_cache.mkdir(exist_ok=True)
-    _run(
-        "debootstrap",
-        [
+    # debootstrap installs the base, but its resolver knows no virtual packages (a Depends on
+    # one, like python3-bcrypt's on python3-cffi-backend-api-min, breaks it): the package's
+    # own dependencies go in with apt-get inside the new root.
+    try:
+        _run(
             "debootstrap",
-            "--variant=minbase",
-            f"--include={','.join(image_packages())}",
-            f"--cache-dir={deb_cache}",
-            SUITE,
-            str(root),
-            MIRROR,
-        ],
-        log,
-    )
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(BASE_PACKAGES)}",
+                f"--cache-dir={deb_cache}",
+                SUITE,
+                str(root),
+                MIRROR,
+            ],
+            log,
+        )
+        _install_in_root(root, package_dependencies(), deb_cache, log)
+    except ImageBuildError:
+        debootstrap_log = root / "debootstrap" / "debootstrap.log"
+        if debootstrap_log.exists():
+            with log.open("a") as log_file:
+                log_file.write(f"\n--- {debootstrap_log}:\n{debootstrap_log.read_text()}")
+        raise
     if _mounts_under(build_dir):
         raise ImageBuildError(f"debootstrap left mounts under {root}")
 
