@@ -366,9 +366,8 @@ def test_many_connections_are_limited_and_memory_is_bounded(
     last of them RSS may grow by at most 3 MiB (measured: under 1 MiB; keeping one request
     buffer per admitted connection would be 2 MiB a round).
     """
-    # Long enough to open 200 connections (a SYN dropped while the accept queue is full is
-    # sent again after 1 s), short enough for the test.
-    deadline_s = 3.0
+    # Long enough to open the 200 connections and look at them, short enough for the test.
+    deadline_s = 4.0
     monkeypatch.setattr(server_module, "REQUEST_TIMEOUT_S", deadline_s)
     server = serve()
     # Warm up: the first thread, the first request, the allocator's first arenas.
@@ -389,21 +388,21 @@ def _one_round_of_200(server: MetricsServer, deadline_s: float, wait_for_the_dea
     partial = b"GET /metrics HTTP/1.0\r\nX-Pad: " + b"p" * (30 * 1024)
     held: list[socket.socket] = []
     try:
-        for _ in range(200):
+        # One after the other, each seen admitted or closed before the next: a burst would
+        # overflow the listen queue, and a dropped SYN is only sent again a second later.
+        for number in range(200):
             conn = socket.create_connection(("127.0.0.1", server.port), timeout=10)
             held.append(conn)
             with contextlib.suppress(ConnectionError):  # closed at once if over the limit
                 conn.sendall(partial)
-        # MAX_CONNECTIONS admitted and waiting; every other one closed without a byte (a
-        # connection that received anything would count as open here).
-        wait_for(
-            lambda: (
-                server.connections == MAX_CONNECTIONS
-                and sum(still_open(conn) for conn in held) == MAX_CONNECTIONS
-            ),
-            deadline_s / 2,
-            f"{MAX_CONNECTIONS} connections admitted, the others closed",
-        )
+            if number < MAX_CONNECTIONS:
+                wait_for(lambda n=number: server.connections == n + 1, 5, "admitted")
+            else:
+                assert closed_by_server(conn, 5) == (True, b""), "over the limit, not closed"
+        assert server.connections == MAX_CONNECTIONS
+        # The admitted ones are still waiting, without an answer (anything received would
+        # count as open here).
+        assert sum(still_open(conn) for conn in held) == MAX_CONNECTIONS
         peak = rss_bytes()
         if not wait_for_the_deadline:
             return peak
@@ -447,7 +446,8 @@ def test_a_client_that_never_reads_its_answer_is_cut_off(
     """A /list of ~17 MB to a client that reads nothing: more than the socket buffers hold, so
     the server's writes block. The answer's own clock (RESPONSE_TIMEOUT_S, 1 s here) cuts the
     connection, long before the 10 s that each socket operation may take; meanwhile the other
-    /list slot serves others, and afterwards both slots are free again."""
+    /list slot serves others, and afterwards both slots are free again. (What the cut-off
+    client got is a truncated array: with no Content-Length, only the JSON says so.)"""
     monkeypatch.setattr(server_module, "RESPONSE_TIMEOUT_S", 1.0)
     view = big_view(100_000)
     server = MetricsServer.bind("127.0.0.1", 0, lambda: view, Exposition(False))
@@ -460,9 +460,8 @@ def test_a_client_that_never_reads_its_answer_is_cut_off(
             stalled.sendall(b"GET /list HTTP/1.0\r\n\r\n")
             started = time.monotonic()
             wait_for(lambda: server.connections == 1, 5, "the stalled client accepted")
-            status, body = _get_list(server.port)
-            assert status == 200
-            assert len(json.loads(body)) == 100_000
+            # The other slot answers (a small selection: the 1 s clock applies to it too).
+            assert _get_list(server.port, "/list?port=23") == (200, b"[]\n")
             wait_for(lambda: server.connections == 0, 5, "the stalled client cut off")
             elapsed = time.monotonic() - started
             assert 0.9 <= elapsed < 4, f"cut off after {elapsed:.1f} s"
@@ -470,7 +469,7 @@ def test_a_client_that_never_reads_its_answer_is_cut_off(
                 received = b""
                 while chunk := stalled.recv(1 << 20):
                     received += chunk
-                assert 0 < len(received) < len(body)  # a beginning, then the end of the stream
+                assert 0 < len(received) < 100_000 * 170  # a beginning, then the end
         for _ in range(MAX_LIST_RENDERS):
             assert server.list_renders.acquire(blocking=False), "a /list slot was not released"
         for _ in range(MAX_LIST_RENDERS):
@@ -479,10 +478,10 @@ def test_a_client_that_never_reads_its_answer_is_cut_off(
         server.close()
 
 
-def _get_list(port: int) -> tuple[int, bytes]:
+def _get_list(port: int, path: str) -> tuple[int, bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        connection.request("GET", "/list")
+        connection.request("GET", path)
         response = connection.getresponse()
         return response.status, response.read()
     finally:
