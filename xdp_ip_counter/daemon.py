@@ -301,6 +301,8 @@ class Daemon:
         if self._server is not None:
             self._server.set_web_config(web)
         self.settings = new
+        if new.web_config_file:  # its content may have changed whatever the settings say
+            changes.append(f"web configuration {new.web_config_file} re-read")
         if changes:
             log.info("reloaded: %s", "; ".join(changes))
         else:

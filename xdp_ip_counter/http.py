@@ -11,7 +11,10 @@ Limits, because the port may be reachable by clients that are not Prometheus:
   off), every later socket operation (each write of the response) within 10 s, and the whole
   response within 300 s (a client reading a large /list a byte at a time is cut off too);
 - at most 64 connections at once; beyond that new connections are closed at once;
-- at most 2 /list answers rendered at once (a million rows is ~2 s of CPU); more get 503.
+- at most 2 /list answers rendered at once (a million rows is ~2 s of CPU); more get 503;
+- what HTTP forbids and http.server lets through is 400: a method that is not a token, a target
+  with spaces, controls or non-ASCII bytes, a header line without a name and a colon, obsolete
+  line folding, control characters in a header value.
 Requests are logged at debug level only: a scrape every few seconds is not news.
 
 With a web configuration file (webconfig.py), the TLS handshake happens in the connection's own
@@ -274,7 +277,9 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = REQUEST_TIMEOUT_S
 
-    def __init__(self, request: Any, client_address: Any, server: MetricsServer, web: WebConfig):
+    def __init__(
+        self, request: Any, client_address: Any, server: MetricsServer, web: WebConfig
+    ) -> None:
         self.web = web  # the web configuration this connection started with, for all of it
         super().__init__(request, client_address, server)
 

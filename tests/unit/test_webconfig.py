@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import logging
 import os
 import shutil
 import signal
@@ -722,3 +723,14 @@ def test_a_reload_says_what_changed(tmp_path: Path) -> None:
     before, after = Settings(), Settings(web_config_file="/etc/xdp-ip-counter/web.yml")
     assert diff(before, after) == ["web_config_file: none -> /etc/xdp-ip-counter/web.yml"]
     assert needs_restart(before, after) == []  # applied by a reload
+
+
+def test_a_reload_logs_that_the_web_config_was_read(
+    reload_rig: ReloadRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="xdp_ip_counter"):
+        reload_rig.daemon.reload()
+    messages = [r.getMessage() for r in caplog.records]
+    path = reload_rig.web_file
+    assert f"web configuration {path}: plain HTTP (no TLS); basic auth for 1 user" in messages
+    assert f"reloaded: web configuration {path} re-read" in messages
