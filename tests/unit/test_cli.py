@@ -35,6 +35,8 @@ ADDED_FLAGS = [
     "--listen-address <ADDRESS>",
     "--xdp-mode <MODE>",
     "--max-entries <N>",
+    "--pin-path <DIR>",
+    "--web.config.file <PATH>",
     "--check-config",
     "--version",
 ]
