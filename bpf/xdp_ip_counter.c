@@ -4,7 +4,7 @@
  * Compiled by bcc at start-up with these -D settings from the daemon:
  *   MAX_ENTRIES  capacity of the sources LRU hash
  *   LRU_FLAGS    map flags for it (0, or BPF_F_NO_COMMON_LRU)
- *   CACHE_BITS   log2 of the slots per CPU of the cache of recently seen keys (default 12)
+ *   CACHE_BITS   log2 of the slots per CPU of the cache of recently seen keys (default 10)
  *   CLOCK_JIFFY_ZERO, CLOCK_TICK_NS   the clock (below), calibrated by xdp_ip_counter/bpf.py
  */
 #include <uapi/linux/bpf.h>
@@ -130,7 +130,7 @@ static __always_inline int port_watched(__u16 port)
  *   HOLD_NS instead of dropping them.
  */
 #ifndef CACHE_BITS
-#define CACHE_BITS 12
+#define CACHE_BITS 10
 #endif
 #define CACHE_SLOTS (1 << CACHE_BITS)
 #define HOLD_NS 1000000000ULL

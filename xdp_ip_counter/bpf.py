@@ -526,20 +526,19 @@ class DataPath:
         the snapshot is put back, merged with anything inserted for it meanwhile, so no hit is
         lost. Returns how many entries were removed for good.
         """
-        removed = 0
-        latest_removed = 0
-        value_size = VALUE_DTYPE.itemsize
-        for key in _rows(keys):
-            raw = bpf_syscall.map_lookup_and_delete(self.sources_fd, key, value_size)
-            if raw is None:
-                continue
-            value = np.frombuffer(raw, dtype=VALUE_DTYPE)[0]
-            last_seen = int(value["last_seen"])
-            if last_seen < cutoff_ns:
-                removed += 1
-                latest_removed = max(latest_removed, last_seen)
-                continue
-            self._put_back(key, value)
+        rows = np.array(keys, dtype=KEY_DTYPE)  # a writable, contiguous copy
+        raw_values, found = bpf_syscall.map_lookup_and_delete_each(
+            self.sources_fd, memoryview(rows).cast("B"), KEY_DTYPE.itemsize, VALUE_DTYPE.itemsize
+        )
+        taken = np.frombuffer(found, dtype=np.uint8).astype(bool)
+        values = np.frombuffer(raw_values, dtype=VALUE_DTYPE, count=len(rows))
+        gone = taken & (values["last_seen"] < np.uint64(max(cutoff_ns, 0)))
+        removed = int(gone.sum())
+        latest_removed = int(values["last_seen"][gone].max()) if removed else 0
+        # Seen at or after the cutoff since the snapshot: put back, merged with anything a
+        # frame inserted for the key meanwhile.
+        for index in np.flatnonzero(taken & ~gone).tolist():
+            self._put_back(rows[index].tobytes(), values[index])
         # An entry removed in the tick it was last seen in (only with a cutoff in the future:
         # the daemon's cutoff is a window ago) may still be the key of a cache slot stamped with
         # this tick, which would count the key's next frames as pending for the entry just
@@ -602,9 +601,3 @@ def _with_slot_counts(key: bytes, raw_value: bytes, slots: np.ndarray) -> bytes:
             value["packets"] += slot["packets"]
             value["bytes"] += slot["bytes"]
     return value.tobytes()
-
-
-def _rows(keys: np.ndarray) -> Iterable[bytes]:
-    raw = keys.tobytes()
-    size = keys.dtype.itemsize
-    return (raw[i : i + size] for i in range(0, len(raw), size))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 import platform
 import struct
@@ -132,9 +133,50 @@ def map_lookup_and_delete(map_fd: int, key: bytes, value_size: int) -> bytes | N
     return v.raw
 
 
+def map_lookup_and_delete_each(
+    map_fd: int, keys: bytearray | memoryview, key_size: int, value_size: int
+) -> tuple[mmap.mmap, bytearray]:
+    """map_lookup_and_delete() for every key in a flat, writable buffer of keys, one syscall
+    each but without building anything per key: returns (values, found), where values holds
+    value i at i*value_size and found[i] is 1 when key i was there (and is now gone)."""
+    count = len(keys) // key_size
+    values = mmap.mmap(-1, max(count * value_size, 1))
+    found = bytearray(count)
+    if count == 0:
+        return values, found
+    keys_at = ctypes.addressof(ctypes.c_char.from_buffer(keys))
+    values_at = ctypes.addressof(ctypes.c_char.from_buffer(values))
+    attr = _attr()
+    struct.pack_into("=I", attr, 0, map_fd)
+    pointers = (ctypes.c_uint64 * 2).from_buffer(attr, 8)  # attr.key, attr.value
+    nr = _SYS_BPF[platform.machine()]
+    attr_ref = ctypes.byref(attr)
+    syscall = _libc.syscall
+    for index in range(count):
+        pointers[0] = keys_at + index * key_size
+        pointers[1] = values_at + index * value_size
+        if syscall(nr, BPF_MAP_LOOKUP_AND_DELETE_ELEM, attr_ref, _ATTR_SIZE) == 0:
+            found[index] = 1
+            continue
+        err = ctypes.get_errno()
+        if err != errno.ENOENT:
+            del pointers
+            raise BPFSyscallError(err, f"bpf(MAP_LOOKUP_AND_DELETE): {os.strerror(err)}")
+    del pointers
+    return values, found
+
+
+def _grown(buffer: mmap.mmap, size: int) -> mmap.mmap:
+    """A buffer of size bytes holding what buffer held (buffer is closed)."""
+    bigger = mmap.mmap(-1, size)
+    bigger[: len(buffer)] = buffer
+    buffer.close()
+    return bigger
+
+
 def map_lookup_batch(
     map_fd: int, key_size: int, value_size: int, capacity: int, chunk: int = 65536
-) -> tuple[bytearray, bytearray, int]:
+) -> tuple[mmap.mmap, mmap.mmap, int]:
     """Every (key, value) of a hash map, read with BPF_MAP_LOOKUP_BATCH into two flat buffers.
 
     Returns (keys, values, count): entry i is keys[i*key_size:...], values[i*value_size:...].
@@ -144,11 +186,18 @@ def map_lookup_batch(
     entries than its capacity (entries evicted behind the walk replaced ahead of it): the
     buffers grow. The kernel answers ENOSPC when the next bucket holds more entries than a call
     asks for: the call is repeated asking for more.
+
+    The buffers are anonymous mappings (they support the buffer protocol, for np.frombuffer):
+    making them costs nothing, and only the pages the kernel writes become resident, so a map
+    read far below its capacity costs memory for what it holds, and the interpreter lock is not
+    held while a large buffer is zeroed.
     """
     chunk = max(chunk, 1)
     room = max(capacity, 1) + chunk
-    keys = bytearray(room * key_size)
-    values = bytearray(room * value_size)
+    keys = mmap.mmap(-1, room * key_size)
+    values = mmap.mmap(-1, room * value_size)
+    keys_at = ctypes.addressof(ctypes.c_char.from_buffer(keys))
+    values_at = ctypes.addressof(ctypes.c_char.from_buffer(values))
     token_in = ctypes.create_string_buffer(max(key_size, 8))
     token_out = ctypes.create_string_buffer(max(key_size, 8))
     total = 0
@@ -157,10 +206,9 @@ def map_lookup_batch(
     while True:
         if total + want > room:
             room = max(room * 2, total + want)
-            keys += bytes(room * key_size - len(keys))
-            values += bytes(room * value_size - len(values))
-        keys_buf = (ctypes.c_char * len(keys)).from_buffer(keys)
-        values_buf = (ctypes.c_char * len(values)).from_buffer(values)
+            keys, values = _grown(keys, room * key_size), _grown(values, room * value_size)
+            keys_at = ctypes.addressof(ctypes.c_char.from_buffer(keys))
+            values_at = ctypes.addressof(ctypes.c_char.from_buffer(values))
         attr = _attr()
         struct.pack_into(
             "=QQQQIIQQ",
@@ -168,14 +216,13 @@ def map_lookup_batch(
             0,
             0 if first else _addr(token_in),
             _addr(token_out),
-            ctypes.addressof(keys_buf) + total * key_size,
-            ctypes.addressof(values_buf) + total * value_size,
+            keys_at + total * key_size,
+            values_at + total * value_size,
             want,
             map_fd,
             0,
             0,
         )
-        del keys_buf, values_buf  # release the exports, so that the buffers can grow
         done = False
         try:
             _bpf(BPF_MAP_LOOKUP_BATCH, attr, "MAP_LOOKUP_BATCH")
