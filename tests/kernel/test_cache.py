@@ -100,19 +100,27 @@ def test_cache_slot_dtype_matches_bccs_ctypes(datapath: DataPath) -> None:
     assert numpy_layout == _ctypes_layout(leaf)
 
 
-def test_python_cache_index_is_the_programs(program: ProgramUnderTest) -> None:
-    """Each key is found in the slot cache_index() names, for both families and protocols."""
-    cases = []
-    for n in range(40):
-        v4 = f"10.64.{n}.7"
-        cases.append((f.v4_udp(v4, 53 + n), program.key_v4(v4, 53 + n, UDP)))
-        cases.append((f.v6_tcp(f"fd00:64::{n:x}", 443), program.key_v6(f"fd00:64::{n:x}", 443)))
-    for frame, key in cases:
-        bpf_syscall.prog_test_run(program.datapath.prog_fd, frame.data, repeat=2)
-        index = int(cache_index(_key_array(key), program.datapath._cache_bits)[0])
-        slots = program.datapath._read_slot(index)
-        held = [slot["key"].tobytes() for slot in slots]
-        assert _key_array(key).tobytes() in held, f"{key} is not in slot {index}"
+def test_python_cache_index_is_the_programs() -> None:
+    """Each key is found in the slot cache_index() names, for both families and protocols.
+    (A fresh program: in the module's, a slot may still hold the counts of a key another test
+    removed, and a key that lands on it is then counted in the map, not cached.)"""
+    datapath = DataPath(1024)
+    try:
+        datapath.set_ports(PortFilter.all())
+        program = ProgramUnderTest(datapath, default_ifindex=socket.if_nametoindex("lo"))
+        cases = []
+        for n in range(40):
+            v4 = f"10.64.{n}.7"
+            cases.append((f.v4_udp(v4, 53 + n), program.key_v4(v4, 53 + n, UDP)))
+            v6 = f"fd00:64::{n:x}"
+            cases.append((f.v6_tcp(v6, 443), program.key_v6(v6, 443)))
+        for frame, key in cases:
+            bpf_syscall.prog_test_run(datapath.prog_fd, frame.data, repeat=2)
+            index = int(cache_index(_key_array(key), datapath._cache_bits)[0])
+            held = [slot["key"].tobytes() for slot in datapath._read_slot(index)]
+            assert _key_array(key).tobytes() in held, f"{key} is not in slot {index}"
+    finally:
+        datapath.close()
 
 
 def test_a_burst_is_counted_exactly(program: ProgramUnderTest) -> None:
