@@ -537,7 +537,7 @@ class DataPath:
         the snapshot is put back, merged with anything inserted for it meanwhile, so no hit is
         lost. Returns how many entries were removed for good.
         """
-        rows = np.array(keys, dtype=KEY_DTYPE)  # a writable, contiguous copy
+        rows = np.require(keys, KEY_DTYPE, ["C_CONTIGUOUS", "WRITEABLE"])  # copied if need be
         raw_values, found = bpf_syscall.map_lookup_and_delete_each(
             self.sources_fd, memoryview(rows).cast("B"), KEY_DTYPE.itemsize, VALUE_DTYPE.itemsize
         )
