@@ -1,0 +1,1 @@
+"""Benchmarks of xdp-ip-counter: see bench/README.md."""
