@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import require
 from xdp_ip_counter.config import Settings, load_file
+from xdp_ip_counter.webconfig import load_web_config
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
@@ -108,6 +109,7 @@ RENDER_PLAYBOOK = """
                 "xdp_mode": "skb",
                 "max_entries": 262144,
                 "pin_path": "/sys/fs/bpf/xdp-ip-counter",
+                "web_config_file": "",
             },
             id="defaults",
         ),
@@ -132,6 +134,7 @@ RENDER_PLAYBOOK = """
                 "xdp_mode": "native",
                 "max_entries": 262144,
                 "pin_path": "",
+                "web_config_file": "",
                 "refresh_interval": 5,
             },
             id="every-variable",
@@ -159,3 +162,36 @@ def test_config_template_renders_the_toml_the_daemon_reads(
     assert tomllib.loads(rendered.read_text()) == expected
     # and the daemon's own loader accepts it (interfaces are checked on the target, not here)
     Settings(**load_file(rendered))
+
+
+def test_web_config_template_renders_a_file_the_daemon_accepts(tmp_path: Path) -> None:
+    """The role's web configuration (basic auth here) is written as exporter-toolkit YAML that
+    the daemon's loader accepts, and config.toml names it."""
+    import bcrypt  # noqa: PLC0415
+
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
+    web_path = tmp_path / "web.yml"
+    role_vars = {
+        "xdp_ip_counter_web_config": {"basic_auth_users": {"prometheus": hashed}},
+        "xdp_ip_counter_web_config_path": str(web_path),
+    }
+    extra_vars = tmp_path / "vars.json"
+    extra_vars.write_text(json.dumps(role_vars))
+    for template, dest in (("web.yml.j2", web_path), ("config.toml.j2", tmp_path / "c.toml")):
+        playbook = tmp_path / f"render-{template}.yml"
+        playbook.write_text(
+            RENDER_PLAYBOOK.format(
+                defaults=ROLE_DIR / "defaults" / "main.yml",
+                template=ROLE_DIR / "templates" / template,
+                dest=dest,
+            )
+        )
+        result = run(
+            ["ansible-playbook", "-i", "localhost,", "-e", f"@{extra_vars}", str(playbook)],
+            tmp_path,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert tomllib.loads((tmp_path / "c.toml").read_text())["web_config_file"] == str(web_path)
+    web = load_web_config(web_path)
+    assert dict(web.users) == {b"prometheus": hashed.encode()}
+    assert web.tls is None
