@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -237,24 +239,40 @@ def active_users(metrics_text: str) -> dict[tuple[str, str, str], float]:
 
 @pytest.fixture
 def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    """start(**settings) runs the daemon with those config keys; `prefix` is a command to run
+    it under (setpriv, ...); with `world_readable` its files live in a directory any user can
+    read (pytest's own tmp_path is root's alone)."""
     started: list[DaemonProcess] = []
+    shared_dirs: list[Path] = []
 
     def start(
-        *, extra_args: tuple[str, ...] = (), wait_ready: bool = True, **settings: object
+        *,
+        extra_args: tuple[str, ...] = (),
+        wait_ready: bool = True,
+        prefix: tuple[str, ...] = (),
+        world_readable: bool = False,
+        **settings: object,
     ) -> DaemonProcess:
+        directory = tmp_path
+        if world_readable:
+            directory = Path(tempfile.mkdtemp(prefix="xic-e2e-", dir="/tmp"))
+            directory.chmod(0o755)
+            shared_dirs.append(directory)
         port = free_port()
         settings.setdefault("listen_address", "127.0.0.1")
         settings.setdefault("server_port", port)
         port = int(settings["server_port"])  # type: ignore[arg-type]
-        config_path = tmp_path / f"config-{len(started)}.toml"
-        sock_path = tmp_path / f"notify-{len(started)}.sock"
+        config_path = directory / f"config-{len(started)}.toml"
+        sock_path = directory / f"notify-{len(started)}.sock"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(sock_path))
         notify.setblocking(False)
+        if world_readable:
+            sock_path.chmod(0o666)
         env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), PYTHONPATH=str(REPO))
         env.pop("WATCHDOG_USEC", None)
         env.update({k: str(v) for k, v in settings.pop("env", {}).items()})  # type: ignore[union-attr]
-        log_path = tmp_path / f"daemon-{len(started)}.log"
+        log_path = directory / f"daemon-{len(started)}.log"
         daemon = DaemonProcess(
             config_path=config_path,
             port=port,
@@ -263,9 +281,11 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
             log_path=log_path,  # type: ignore[arg-type]
         )
         daemon.write_config(**settings)
+        if world_readable:
+            config_path.chmod(0o644)
         with log_path.open("w") as log:
             daemon.proc = subprocess.Popen(
-                [PYTHON, "-m", "xdp_ip_counter", "-c", str(config_path), *extra_args],
+                [*prefix, PYTHON, "-m", "xdp_ip_counter", "-c", str(config_path), *extra_args],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -287,3 +307,5 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
                 daemon.proc.wait(10)
         with contextlib.suppress(OSError):
             daemon.notify.close()
+    for directory in shared_dirs:
+        shutil.rmtree(directory, ignore_errors=True)
