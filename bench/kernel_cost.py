@@ -279,7 +279,10 @@ def _measure_all(
     log("kernel: new source every frame, full map (the LRU evicts)")
     for program in [*at_scale, programs["project, BPF_F_NO_COMMON_LRU"]]:
         assert program.sources_fd is not None
-        fill.fill(program.sources_fd, config.capacity + config.capacity // 8 - filled, start=filled)
+        # Past capacity, from keys no fill used yet: the LRU has to evict.
+        present = _entries(program.sources_fd, config.capacity)
+        top_up = config.capacity + config.capacity // 8 - present
+        fill.fill(program.sources_fd, top_up, start=2 * config.capacity)
         entries = _entries(program.sources_fd, config.capacity)
         if entries < config.capacity // 4:
             raise RuntimeError(f"{program.name}: only {entries} entries after filling")

@@ -114,10 +114,11 @@ def userspace_table(userspace: dict) -> Iterator[str]:
     )
     yield f"| daemon RSS when ready, MB | {_spread(startup['rss_when_ready_mb'])} |"
     yield (
-        f"| RSS of the refresh + server process, MB: compiling (peak) / compiled / "
-        f"refreshing (peak) / serving /metrics and /list (peak) / expiring all (peak) "
+        f"| RSS of the refresh + server process, MB: compiling (peak) / compiled / peaks while "
+        f"refreshing / refreshing and serving /metrics / serving /list / expiring all "
         f"| {rss['compile_peak']:.0f} / {rss['after_compile']:.0f} / "
-        f"{rss['peak_refreshing']:.0f} / {rss['peak_serving']:.0f} / {rss['peak_expiring']:.0f} |"
+        f"{rss['peak_refreshing']:.0f} / {rss['peak_refreshing_and_serving_metrics']:.0f} / "
+        f"{rss['peak_serving_list']:.0f} / {rss['peak_expiring']:.0f} |"
     )
 
 

@@ -1,7 +1,7 @@
 """Run the benchmarks: kernel cost per frame, throughput through a veth pair, userspace at
 scale. Needs root (BPF, XDP, network namespaces); makes its own namespaces and removes them.
 
-    /usr/bin/python3 -m bench.run            the full run (about 10 minutes)
+    /usr/bin/python3 -m bench.run            the full run (about 3 minutes on 2 quiet CPUs)
     /usr/bin/python3 -m bench.run --smoke    every measurement, briefly (seconds; for the tests)
     /usr/bin/python3 -m bench.run --only kernel,userspace
     /usr/bin/python3 -m bench.run --table bench/results/<file>.json   Markdown of a past run
