@@ -23,7 +23,8 @@ KEY_DTYPE = np.dtype(
     ]
 )
 
-# struct source_value (32 bytes). Times are the kernel's CLOCK_MONOTONIC (coarse) in ns.
+# struct source_value (32 bytes). Times are ns of CLOCK_MONOTONIC at the start of the current
+# jiffy (the program reads bpf_jiffies64(); bpf.kernel_clock_ns() reads the same clock).
 VALUE_DTYPE = np.dtype(
     [
         ("first_seen", "<u8"),

@@ -16,7 +16,7 @@ Decisions:
   Text (canonical addresses, RFC 3339 times) is produced only when /list asks for it, a slice at a
   time.
 - Times are RFC 3339 in UTC with millisecond precision and a "Z" suffix
-  (``2024-05-01T12:00:03.125Z``): the kernel's coarse clock ticks every few milliseconds, so
+  (``2024-05-01T12:00:03.125Z``): the kernel's clock (jiffies) ticks every few milliseconds, so
   milliseconds keep the order of events within a second without claiming more than it knows.
 """
 
