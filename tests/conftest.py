@@ -9,6 +9,7 @@ fixture of the same name) for anything else.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +34,30 @@ def require(condition: object, reason: str) -> None:
 def require_fixture() -> object:
     """The `require(condition, reason)` function, for tests that prefer a fixture to an import."""
     return require
+
+
+def env_int(name: str, default: int, minimum: int, why: str = "") -> int:
+    """An integer from the environment (long-run sizes, seeds), or default when unset; a bad
+    value stops the run naming the variable."""
+    text = os.environ.get(name, "")
+    if not text:
+        return default
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise pytest.UsageError(f"{name}={text!r} is not an integer") from None
+    if value < minimum:
+        raise pytest.UsageError(f"{name}={value}: at least {minimum}{why}")
+    return value
+
+
+def assert_golden(path: Path, actual: bytes) -> None:
+    """actual must equal the golden file byte for byte; UPDATE_GOLDEN=1 rewrites it."""
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(actual)
+    assert path.exists(), f"{path} is missing: run with UPDATE_GOLDEN=1 to create it"
+    assert actual == path.read_bytes(), f"differs from {path} (UPDATE_GOLDEN=1 to accept)"
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.conftest import env_int
 from xdp_ip_counter import bpf_syscall
 from xdp_ip_counter.bpf import DataPath
 from xdp_ip_counter.config import PortFilter
@@ -78,19 +79,6 @@ EXT_GENERATED = (
 )
 VLAN_MAX_DEPTH = 2
 IPV6_EXT_MAX_DEPTH = 8
-
-
-def _env_int(name: str, default: int, minimum: int) -> int:
-    text = os.environ.get(name, "")
-    if not text:
-        return default
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise pytest.UsageError(f"{name}={text!r} is not an integer") from None
-    if value < minimum:
-        raise pytest.UsageError(f"{name}={value} must be at least {minimum}")
-    return value
 
 
 # -- the frames ------------------------------------------------------------------------------
@@ -562,8 +550,8 @@ def _first_divergence(
 
 @pytest.mark.root
 def test_fuzz(fuzz_target: FuzzTarget) -> None:
-    total = _env_int("XIC_FUZZ_FRAMES", DEFAULT_FRAMES, 1)
-    seed = _env_int("XIC_FUZZ_SEED", random.SystemRandom().getrandbits(32), 0)
+    total = env_int("XIC_FUZZ_FRAMES", DEFAULT_FRAMES, 1)
+    seed = env_int("XIC_FUZZ_SEED", random.SystemRandom().getrandbits(32), 0)
     replay = f"seed {seed} (replay: XIC_FUZZ_SEED={seed} XIC_FUZZ_FRAMES={total})"
     print(f"\nfuzz: {total} frames, {replay}")
     target = fuzz_target

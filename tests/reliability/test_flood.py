@@ -18,7 +18,6 @@ change that makes them bigger fails here and names the bound to revisit.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import tracemalloc
@@ -32,6 +31,7 @@ from e2e.conftest import DaemonProcess, Lab, ip, wait_for
 from kernel.frames import v4_udp
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import env_int
 from xdp_ip_counter import bpf_syscall
 from xdp_ip_counter.config import Settings
 from xdp_ip_counter.http import LIST_CHUNK_ROWS, MAX_LIST_RENDERS, list_json_chunks
@@ -74,22 +74,6 @@ def rss_bound_bytes(max_entries: int) -> int:
     per_entry = SNAPSHOT_BYTES_PER_ENTRY + VIEW_BYTES_PER_ENTRY + WINDOW_WORKING_BYTES_PER_ENTRY
     lists = MAX_LIST_RENDERS * LIST_CHUNK_ROWS * LIST_TEXT_BYTES_PER_ROW
     return int(ALLOCATOR_HEADROOM * per_entry * max_entries) + lists
-
-
-def _env_int(name: str, default: int, minimum: int) -> int:
-    text = os.environ.get(name, "")
-    if not text:
-        return default
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise pytest.UsageError(f"{name}={text!r} is not an integer") from None
-    if value < minimum:
-        raise pytest.UsageError(
-            f"{name}={value}: at least {minimum} (1.5 times the default capacity), or the map "
-            "barely fills and the test proves little"
-        )
-    return value
 
 
 # -- reading the daemon from outside -------------------------------------------------------------
@@ -159,7 +143,12 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
     require(trafgen_path(), "needs trafgen (Debian package netsniff-ng)")
     require(shutil.which("bpftool"), "needs bpftool (Debian package bpftool)")
     capacity = Settings().max_entries
-    frames = _env_int("XIC_FLOOD_FRAMES", DEFAULT_FRAMES, capacity * 3 // 2)
+    frames = env_int(
+        "XIC_FLOOD_FRAMES",
+        DEFAULT_FRAMES,
+        capacity * 3 // 2,
+        " (1.5 times the default capacity), or the map barely fills and the test proves little",
+    )
     link = lab.links[0]
     source = link.client_v4[0]
     daemon = start_daemon(

@@ -10,7 +10,6 @@ import http.client
 import ipaddress
 import json
 import logging
-import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.conftest import assert_golden
 from xdp_ip_counter import http as server_module
 from xdp_ip_counter.config import PortFilter, Settings
 from xdp_ip_counter.http import ListenError, MetricsServer, list_filters, list_json_chunks
@@ -34,15 +34,6 @@ MS = 1_000_000
 NOW = 9000 * S
 WALL = 1714564800.0  # 2024-05-01T12:00:00Z
 IFNAMES = {2: "eth0", 3: "eth1"}
-
-
-def assert_golden(name: str, actual: bytes) -> None:
-    path = FIXTURES / name
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(actual)
-    assert path.exists(), f"{path} is missing: run with UPDATE_GOLDEN=1 to create it"
-    assert actual == path.read_bytes(), f"differs from {path} (UPDATE_GOLDEN=1 to accept)"
 
 
 def key(ip: str, port: int, proto: int, ifindex: int) -> tuple:
@@ -100,7 +91,7 @@ def golden_rows() -> list[dict[str, Any]]:
 
 def test_list_matches_golden() -> None:
     body = b"".join(list_json_chunks(sample_view().active))
-    assert_golden("list.json", body)
+    assert_golden(FIXTURES / "list.json", body)
     rows = json.loads(body)
     assert [r["ip"] for r in rows] == [
         "10.8.0.9",

@@ -7,7 +7,6 @@ the diff before committing it.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_classic
 
+from tests.conftest import assert_golden
 from xdp_ip_counter.config import PortFilter, Settings
 from xdp_ip_counter.layout import KEY_DTYPE, OUTCOMES, VALUE_DTYPE
 from xdp_ip_counter.metrics import CLASSIC, OPENMETRICS, Exposition, View, ViewCollector
@@ -34,15 +34,6 @@ PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 )
-
-
-def assert_golden(name: str, actual: bytes) -> None:
-    path = FIXTURES / name
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(actual)
-    assert path.exists(), f"{path} is missing: run with UPDATE_GOLDEN=1 to create it"
-    assert actual == path.read_bytes(), f"differs from {path} (UPDATE_GOLDEN=1 to accept)"
 
 
 def key(ip: str, port: int, proto: int, ifindex: int = 2) -> tuple:
@@ -114,7 +105,7 @@ def active_users(body: bytes) -> dict[tuple[str, str, str], float]:
 def test_classic_text_matches_golden(ports: PortFilter, label: str) -> None:
     body, content_type = render(sample_view(ports), "text/plain")
     assert content_type == CLASSIC
-    assert_golden(f"metrics_{label}.txt", body)
+    assert_golden(FIXTURES / f"metrics_{label}.txt", body)
 
 
 @pytest.mark.parametrize(("ports", "label"), [(ALL, "all_ports"), (LISTED, "listed_ports")])
@@ -122,7 +113,7 @@ def test_openmetrics_matches_golden(ports: PortFilter, label: str) -> None:
     body, content_type = render(sample_view(ports), PROMETHEUS_ACCEPT)
     assert content_type == OPENMETRICS
     assert body.endswith(b"# EOF\n")
-    assert_golden(f"metrics_{label}.om.txt", body)
+    assert_golden(FIXTURES / f"metrics_{label}.om.txt", body)
 
 
 # -- what the metrics say -------------------------------------------------------------------
