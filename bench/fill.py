@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from xdp_ip_counter.bpf import kernel_clock_ns
+from xdp_ip_counter.bpf_syscall import map_update_batch
 from xdp_ip_counter.layout import KEY_DTYPE, VALUE_DTYPE
-from xdp_ip_counter.pinning import map_update_batch
 
 FIRST_V4 = 0x0A400000  # 10.64.0.0: clear of the benchmark's frames (10.1.0.0/16, 10.128.0.0/9)
 PORTS = (22, 25, 53, 80, 110, 123, 143, 443, 465, 587, 993, 995, 3306, 5432, 8080, 8443)

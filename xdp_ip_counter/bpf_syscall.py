@@ -35,6 +35,8 @@ BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
 BPF_MAP_LOOKUP_AND_DELETE_ELEM = 21
 BPF_MAP_LOOKUP_BATCH = 24
+BPF_MAP_UPDATE_BATCH = 26
+BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_LINK_CREATE = 28
 
 BPF_ANY = 0
@@ -107,30 +109,67 @@ def map_update(map_fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> N
     _bpf(BPF_MAP_UPDATE_ELEM, _elem_attr(map_fd, k, v, flags), "MAP_UPDATE_ELEM")
 
 
-def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
-    """The value under key, or None when there is none."""
+def _elem_value(cmd: int, name: str, map_fd: int, key: bytes, value_size: int) -> bytes | None:
     k = ctypes.create_string_buffer(key, len(key))
     v = ctypes.create_string_buffer(value_size)
     try:
-        _bpf(BPF_MAP_LOOKUP_ELEM, _elem_attr(map_fd, k, v), "MAP_LOOKUP_ELEM")
+        _bpf(cmd, _elem_attr(map_fd, k, v), name)
     except BPFSyscallError as exc:
         if exc.errno == errno.ENOENT:
             return None
         raise
     return v.raw
+
+
+def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """The value under key, or None when there is none."""
+    return _elem_value(BPF_MAP_LOOKUP_ELEM, "MAP_LOOKUP_ELEM", map_fd, key, value_size)
 
 
 def map_lookup_and_delete(map_fd: int, key: bytes, value_size: int) -> bytes | None:
     """Atomically take the value under key out of a hash map; None when there is none."""
-    k = ctypes.create_string_buffer(key, len(key))
-    v = ctypes.create_string_buffer(value_size)
-    try:
-        _bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, _elem_attr(map_fd, k, v), "MAP_LOOKUP_AND_DELETE")
-    except BPFSyscallError as exc:
-        if exc.errno == errno.ENOENT:
-            return None
-        raise
-    return v.raw
+    return _elem_value(
+        BPF_MAP_LOOKUP_AND_DELETE_ELEM, "MAP_LOOKUP_AND_DELETE", map_fd, key, value_size
+    )
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+
+
+def map_info(fd: int) -> MapInfo:
+    """Type, key and value sizes and capacity of the map behind fd (BPF_OBJ_GET_INFO_BY_FD)."""
+    info = ctypes.create_string_buffer(80)
+    attr = _attr()
+    struct.pack_into("=IIQ", attr, 0, fd, len(info), ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr, "OBJ_GET_INFO_BY_FD")
+    kind, _id, key_size, value_size, max_entries = struct.unpack_from("=5I", info, 0)
+    return MapInfo(kind, key_size, value_size, max_entries)
+
+
+def map_update_batch(fd: int, keys: bytes, values: bytes, count: int) -> None:
+    """Insert or replace count entries from two flat buffers in one BPF_MAP_UPDATE_BATCH."""
+    key_buf = ctypes.create_string_buffer(keys, len(keys))
+    value_buf = ctypes.create_string_buffer(values, len(values))
+    attr = _attr()
+    struct.pack_into(
+        "=QQQQIIQQ",
+        attr,
+        0,
+        0,
+        0,
+        ctypes.addressof(key_buf),
+        ctypes.addressof(value_buf),
+        count,
+        fd,
+        0,
+        0,
+    )
+    _bpf(BPF_MAP_UPDATE_BATCH, attr, "MAP_UPDATE_BATCH")
 
 
 def map_lookup_and_delete_each(

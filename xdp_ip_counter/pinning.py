@@ -14,20 +14,16 @@ import ctypes
 import errno
 import logging
 import os
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import bpf_syscall
-from .bpf_syscall import BPFSyscallError
+from .bpf_syscall import BPFSyscallError, MapInfo, map_info, map_update_batch
 from .layout import KEY_DTYPE, LAYOUT_VERSION, VALUE_DTYPE
 
 log = logging.getLogger(__name__)
 
-BPF_OBJ_GET_INFO_BY_FD = 15
-BPF_MAP_UPDATE_BATCH = 26
 BPF_MAP_TYPE_LRU_HASH = 9
 BPF_FS_MAGIC = 0xCAFE4A11
 
@@ -36,43 +32,6 @@ SOURCES = f"sources_v{LAYOUT_VERSION}"
 
 class PinError(RuntimeError):
     """The pin path cannot be used; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class MapInfo:
-    type: int
-    key_size: int
-    value_size: int
-    max_entries: int
-
-
-def map_info(fd: int) -> MapInfo:
-    info = ctypes.create_string_buffer(80)
-    attr = ctypes.create_string_buffer(128)
-    struct.pack_into("=IIQ", attr, 0, fd, len(info), ctypes.addressof(info))
-    bpf_syscall._bpf(BPF_OBJ_GET_INFO_BY_FD, attr, "OBJ_GET_INFO_BY_FD")
-    kind, _id, key_size, value_size, max_entries = struct.unpack_from("=5I", info, 0)
-    return MapInfo(kind, key_size, value_size, max_entries)
-
-
-def map_update_batch(fd: int, keys: bytes, values: bytes, count: int) -> None:
-    key_buf = ctypes.create_string_buffer(keys, len(keys))
-    value_buf = ctypes.create_string_buffer(values, len(values))
-    attr = ctypes.create_string_buffer(128)
-    struct.pack_into(
-        "=QQQQIIQQ",
-        attr,
-        0,
-        0,
-        0,
-        ctypes.addressof(key_buf),
-        ctypes.addressof(value_buf),
-        count,
-        fd,
-        0,
-        0,
-    )
-    bpf_syscall._bpf(BPF_MAP_UPDATE_BATCH, attr, "MAP_UPDATE_BATCH")
 
 
 def check_bpffs(directory: Path) -> None:
