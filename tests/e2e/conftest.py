@@ -270,6 +270,16 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         if world_readable:
             sock_path.chmod(0o666)
         env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), PYTHONPATH=str(REPO))
+        if world_readable:
+            # The checkout may sit where another user cannot read it (a 0700 temp dir): run
+            # from a copy of the package and the BPF source beside the other files.
+            if not (directory / "xdp_ip_counter").exists():
+                skip = shutil.ignore_patterns("__pycache__")
+                for part in ("xdp_ip_counter", "bpf"):
+                    shutil.copytree(REPO / part, directory / part, ignore=skip)
+                    for path in (directory / part).rglob("*"):
+                        path.chmod(0o755 if path.is_dir() else 0o644)
+            env.update(PYTHONPATH=str(directory), XDP_IP_COUNTER_BPF_DIR=str(directory / "bpf"))
         env.pop("WATCHDOG_USEC", None)
         env.update({k: str(v) for k, v in settings.pop("env", {}).items()})  # type: ignore[union-attr]
         log_path = directory / f"daemon-{len(started)}.log"
@@ -287,6 +297,7 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
             daemon.proc = subprocess.Popen(
                 [*prefix, PYTHON, "-m", "xdp_ip_counter", "-c", str(config_path), *extra_args],
                 env=env,
+                cwd=directory if world_readable else None,  # bcc returns to the cwd: readable
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 text=True,
