@@ -20,6 +20,10 @@ RequireAnyClientCert policies (they accept certificates nobody verified) and ``r
 The toolkit re-reads the file on every request; this daemon reads it at start-up and on SIGHUP,
 with the rest of the configuration (a bad file is rejected whole and the previous one stays).
 Relative paths in the file are relative to the file's directory, as in the toolkit.
+
+PyYAML and bcrypt (the `web` extra, python3-yaml and python3-bcrypt) are imported only when a
+file is read and when it has users: without them the daemon runs with no web configuration
+file, and refuses one with a ConfigError that names the package to install.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ import base64
 import binascii
 import contextlib
 import difflib
+import functools
 import hashlib
 import hmac
+import importlib
 import os
 import re
 import ssl
@@ -38,11 +44,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import Any
-
-import bcrypt
-import yaml
 
 from xdp_ip_counter.config import ConfigError, file_key
 
@@ -161,37 +164,53 @@ NO_WEB_CONFIG = WebConfig()
 # -- reading the file ---------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+# Debian package of each optional module: what to install when one is missing.
+OPTIONAL_MODULES = {"yaml": ("PyYAML", "python3-yaml"), "bcrypt": ("bcrypt", "python3-bcrypt")}
+
+
+def _optional_module(name: str, where: str, needed_for: str) -> ModuleType:
+    """Import `name` (yaml or bcrypt), or say in a ConfigError which package provides it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        distribution, package = OPTIONAL_MODULES[name]
+        raise ConfigError(
+            where,
+            f"{needed_for} needs {distribution}: apt-get install {package} (or pip install "
+            f"'xdp-ip-counter[web]')",
+        ) from None
+
+
+@functools.cache
+def _unique_key_loader(yaml: ModuleType) -> type:
     """YAML's safe loader, refusing a key given twice in one mapping (a second entry for a user
     would otherwise silently replace the first)."""
 
+    def construct_unique_mapping(loader: Any, node: Any) -> dict[Any, Any]:
+        loader.flatten_mapping(node)
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            with contextlib.suppress(TypeError):  # unhashable: construct_mapping says so below
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found the key {key!r} twice",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return loader.construct_mapping(node, deep=True)
 
-def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        with contextlib.suppress(TypeError):  # unhashable: construct_mapping says so below
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"found the key {key!r} twice",
-                    key_node.start_mark,
-                )
-            seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_unique_mapping,  # type: ignore[arg-type]
-)
+    loader = type("UniqueKeyLoader", (yaml.SafeLoader,), {})
+    loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_unique_mapping)
+    return loader
 
 
 def _read_yaml(path: Path, named_by: str | None) -> object:
     where = str(path)
     pointer = f" (named by {named_by})" if named_by else ""
+    yaml = _optional_module("yaml", named_by or where, f"reading {path}")
     try:
         with path.open("rb") as stream:
             data = stream.read(MAX_FILE_BYTES + 1)
@@ -206,7 +225,7 @@ def _read_yaml(path: Path, named_by: str | None) -> object:
     except UnicodeDecodeError as error:
         raise ConfigError(where, f"not UTF-8 text (byte {error.start})") from None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only
+        return yaml.load(text, Loader=_unique_key_loader(yaml))  # a SafeLoader: plain data only
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
@@ -460,6 +479,8 @@ def _set_client_auth(
 
 
 def _users(table: dict[Any, Any], path: Path) -> dict[bytes, bytes]:
+    if table:  # checked here, so that a missing bcrypt stops start-up or a reload, not a request
+        _optional_module("bcrypt", file_key(path, "basic_auth_users"), "checking passwords")
     users: dict[bytes, bytes] = {}
     for name, hashed in table.items():
         where = file_key(path, f"basic_auth_users.{name}")
@@ -530,6 +551,8 @@ class BasicAuth:
                     return True
         with self._bcrypt_lock:
             self.bcrypt_runs += 1
+            import bcrypt  # noqa: PLC0415 - present: load_web_config checked it for users
+
             try:
                 matches = bcrypt.checkpw(password, hashed)
             except ValueError:  # a NUL byte in the password: bcrypt cannot take it
