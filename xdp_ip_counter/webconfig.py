@@ -35,7 +35,6 @@ import difflib
 import functools
 import hashlib
 import hmac
-import importlib
 import os
 import re
 import ssl
@@ -168,17 +167,14 @@ NO_WEB_CONFIG = WebConfig()
 OPTIONAL_MODULES = {"yaml": ("PyYAML", "python3-yaml"), "bcrypt": ("bcrypt", "python3-bcrypt")}
 
 
-def _optional_module(name: str, where: str, needed_for: str) -> ModuleType:
-    """Import `name` (yaml or bcrypt), or say in a ConfigError which package provides it."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        distribution, package = OPTIONAL_MODULES[name]
-        raise ConfigError(
-            where,
-            f"{needed_for} needs {distribution}: apt-get install {package} (or pip install "
-            f"'xdp-ip-counter[web]')",
-        ) from None
+def _missing(module: str, where: str, needed_for: str) -> ConfigError:
+    """The error for an optional module (yaml or bcrypt) that cannot be imported."""
+    distribution, package = OPTIONAL_MODULES[module]
+    return ConfigError(
+        where,
+        f"{needed_for} needs {distribution}: apt-get install {package} (or pip install "
+        "'xdp-ip-counter[web]')",
+    )
 
 
 @functools.cache
@@ -210,7 +206,10 @@ def _unique_key_loader(yaml: ModuleType) -> type:
 def _read_yaml(path: Path, named_by: str | None) -> object:
     where = str(path)
     pointer = f" (named by {named_by})" if named_by else ""
-    yaml = _optional_module("yaml", named_by or where, f"reading {path}")
+    try:
+        import yaml  # noqa: PLC0415 - the web extra: only with a web configuration file
+    except ImportError:
+        raise _missing("yaml", named_by or where, f"reading {path}") from None
     try:
         with path.open("rb") as stream:
             data = stream.read(MAX_FILE_BYTES + 1)
@@ -480,7 +479,12 @@ def _set_client_auth(
 
 def _users(table: dict[Any, Any], path: Path) -> dict[bytes, bytes]:
     if table:  # checked here, so that a missing bcrypt stops start-up or a reload, not a request
-        _optional_module("bcrypt", file_key(path, "basic_auth_users"), "checking passwords")
+        try:
+            import bcrypt  # noqa: PLC0415, F401 - the web extra: only with users
+        except ImportError:
+            raise _missing(
+                "bcrypt", file_key(path, "basic_auth_users"), "checking passwords"
+            ) from None
     users: dict[bytes, bytes] = {}
     for name, hashed in table.items():
         where = file_key(path, f"basic_auth_users.{name}")
