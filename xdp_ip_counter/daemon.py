@@ -81,6 +81,26 @@ class WallClock:
         return (monotonic_ns + self.offset_ns) / 1e9
 
 
+@dataclass(frozen=True)
+class RejectedReload:
+    """A reload that was refused: when (wall-clock seconds) and why (one line)."""
+
+    at: float
+    reason: str
+
+    # STATUS= is one line in `systemctl status`: a longer reason is cut; the journal has it all.
+    REASON_LIMIT = 200
+
+    def describe(self) -> str:
+        """One line: 'reload rejected at 2024-05-01 12:03:04 UTC: <reason>; serving the
+        previous configuration'."""
+        reason = " ".join(self.reason.split())
+        if len(reason) > self.REASON_LIMIT:
+            reason = reason[: self.REASON_LIMIT - 1] + "\u2026"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.at))
+        return f"reload rejected at {stamp} UTC: {reason}; serving the previous configuration"
+
+
 @dataclass
 class _Signals:
     """What the signal handlers asked for; the loop acts on it."""
@@ -91,23 +111,39 @@ class _Signals:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, reload_settings: Callable[[], Settings]) -> None:
+    """The service. `datapath` is one made already (tests hand in a fake), else start() makes
+    it; `wall_time` is the clock that dates reloads (time.time)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        reload_settings: Callable[[], Settings],
+        *,
+        datapath: DataPath | None = None,
+        wall_time: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self._reload_settings = reload_settings
         self._notifier = Notifier()
         self._clock = WallClock()
+        self._wall_time = wall_time
         self._wake = threading.Event()
         self._signals = _Signals()
-        self._datapath: DataPath | None = None
+        self._datapath = datapath
         self._server: MetricsServer | None = None
         self._ifnames: dict[int, str] = {}
         self._view: View | None = None
         self._refresh_failures = 0
         self._evictions = EvictionCount()
-        self._reload_ok = True
-        self._reload_time = time.time()
+        self._reload_time = wall_time()
+        # The last reload, if it was refused: STATUS= and the reload metric say so.
+        self._rejected_reload: RejectedReload | None = None
         # Test hook: while this file exists, a refresh blocks (a stuck loop, for the watchdog).
         self._hang_file = os.environ.get("XDP_IP_COUNTER_TEST_HANG_FILE")
+
+    @property
+    def _reload_ok(self) -> bool:
+        return self._rejected_reload is None
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -120,7 +156,8 @@ class Daemon:
         self._server = MetricsServer.bind(
             s.listen_address, s.server_port, self.current_view, web_config=web
         )
-        self._datapath = DataPath(s.max_entries)
+        if self._datapath is None:
+            self._datapath = DataPath(s.max_entries)
         if s.pin_path:
             carried = restore_and_pin(Path(s.pin_path), self._datapath.sources_fd, s.max_entries)
             log.info("sources map pinned in %s (%d entries carried over)", s.pin_path, carried)
@@ -219,12 +256,16 @@ class Daemon:
         )
 
     def _status(self) -> str:
+        """STATUS=: what is watched; first, until a reload succeeds, a rejected reload."""
         view = self._view
         tracked = len(view.active) if view is not None else 0
-        return (
+        status = (
             f"watching {','.join(self.settings.interfaces)} ports {self.settings.ports}: "
             f"{tracked} sources in the last {self.settings.window}s"
         )
+        if self._rejected_reload is not None:
+            return f"{self._rejected_reload.describe()}: {status}"
+        return status
 
     def loop(self) -> int:
         interval = self.settings.refresh_interval
@@ -266,11 +307,11 @@ class Daemon:
             validate_interfaces(new)
             self._apply(new)
         except (ConfigError, AttachError) as exc:
-            self._reload_ok = False
+            self._rejected_reload = RejectedReload(self._wall_time(), str(exc))
             log.error("reload rejected, keeping the previous configuration: %s", exc)
         else:
-            self._reload_ok = True
-            self._reload_time = time.time()
+            self._reload_time = self._wall_time()
+            self._rejected_reload = None
         self._notifier.ready(status=self._status())
 
     def _apply(self, new: Settings) -> None:
