@@ -1,14 +1,16 @@
-"""A throwaway Debian 12 root for installing the .deb: debootstrap once, cached, then chroot.
+"""A throwaway Debian 12 root: debootstrap once, cached, then chroot.
 
-The base (debootstrap --variant=minbase bookworm, plus systemd so that `systemd-analyze verify
---root=` can resolve the unit's targets) is made once and kept as a tar file in
+The base is what a new user starts from: `debootstrap --variant=minbase bookworm` with git and
+ca-certificates (to clone the project), nothing else. It is made once and kept as a tar file in
 /var/cache/xdp-ip-counter-tests/, named by a hash of everything that goes into it; each test
-unpacks a fresh copy. Downloaded .debs are kept beside it, so a second run fetches nothing.
+unpacks a fresh copy. apt's downloaded .debs are kept beside it and bound into every root, so a
+second run fetches nothing. The install test (test_install.py) and the fresh-root check
+(test_fresh_root.py) share it.
 
-Every command runs as `unshare --mount chroot ROOT ...`: /proc and /dev/pts are mounted inside a
-mount namespace that dies with the command, so no mount can outlive it, whatever happens; the
-host's /dev is never bound in (debootstrap made the device nodes the root needs). A policy-rc.d
-keeps maintainer scripts from starting services. Nothing here touches the host's packages.
+Every command runs as `unshare --mount chroot ROOT ...`: /proc (and on request the host's /dev
+and /sys) are mounted inside a mount namespace that dies with the command, so no mount can
+outlive it, whatever happens. A policy-rc.d keeps maintainer scripts from starting services.
+Nothing here touches the host's packages.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -28,7 +31,7 @@ CACHE_ROOT = Path(os.environ.get("XDP_IP_COUNTER_TEST_CACHE", "/var/cache/xdp-ip
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 VARIANT = "minbase"
-INCLUDE = ("systemd",)
+INCLUDE = ("git", "ca-certificates")
 SOURCES_LIST = f"""\
 deb {MIRROR} {SUITE} main
 deb {MIRROR} {SUITE}-updates main
@@ -53,12 +56,12 @@ def _base_key() -> str:
 def base_tarball() -> Path:
     """The cached base root as a tar file; debootstrap it (about a minute) when missing."""
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
-    tarball = CACHE_ROOT / f"install-root-debian12-{_base_key()}.tar"
-    with open(CACHE_ROOT / ".install-root.lock", "w") as lock:
+    tarball = CACHE_ROOT / f"minbase-root-debian12-{_base_key()}.tar"
+    with open(CACHE_ROOT / ".minbase-root.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if tarball.exists():
             return tarball
-        with tempfile.TemporaryDirectory(dir=CACHE_ROOT, prefix="install-root-build.") as work:
+        with tempfile.TemporaryDirectory(dir=CACHE_ROOT, prefix="minbase-root-build.") as work:
             root = Path(work) / "root"
             subprocess.run(
                 [
@@ -98,25 +101,65 @@ def mounts_under(path: Path) -> list[str]:
     return points
 
 
+# Runs inside a new mount namespace: $1 the root, $2 the apt archive cache, $3 whether to bind
+# the host's /dev and /sys (1) or mount a private devpts (0); the rest is the command.
+ENTER_ROOT = """set -e
+root=$1 archives=$2 host_dev_sys=$3
+shift 3
+mount -t proc proc "$root/proc"
+if [ "$host_dev_sys" = 1 ]; then
+    mount --rbind /dev "$root/dev"
+    mount --rbind /sys "$root/sys"
+else
+    mount -t devpts -o newinstance,ptmxmode=0666 devpts "$root/dev/pts"
+fi
+mount --bind "$archives" "$root/var/cache/apt/archives"
+exec chroot "$root" "$@"
+"""
+
+
 class DebianRoot:
-    """An unpacked Debian 12 root at `path`."""
+    """An unpacked Debian 12 root at `path`, apt's archives bound from `archives`."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, archives: Path) -> None:
         self.path = path
+        self.archives = archives
 
-    def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run command inside the root (chroot, private mount namespace); output captured."""
-        mounts = (
-            f"mount -t proc proc '{self.path}/proc'"
-            f" && mount -t devpts -o newinstance,ptmxmode=0666 devpts '{self.path}/dev/pts'"
-            f" && exec chroot '{self.path}' env -i {' '.join(CHROOT_ENV)} \"$@\""
-        )
-        result = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", mounts, "sh", *command],
-            capture_output=True,
+    def command(
+        self, *command: str, host_dev_sys: bool = False, env: tuple[str, ...] = ()
+    ) -> list[str]:
+        """The argv that runs command inside the root (chroot, private mount namespace, a
+        clean environment plus env). host_dev_sys binds the host's /dev and /sys, which bcc
+        and XDP need; the mounts die with the namespace."""
+        return [
+            "unshare", "--mount", "--propagation", "private",
+            "sh", "-c", ENTER_ROOT, "sh", str(self.path), str(self.archives),
+            "1" if host_dev_sys else "0",
+            "env", "-i", *CHROOT_ENV, *env, *command,
+        ]  # fmt: skip
+
+    def run(
+        self, *command: str, check: bool = True, host_dev_sys: bool = False, timeout: float = 1800
+    ) -> subprocess.CompletedProcess[str]:
+        """Run command inside the root; output captured. Past timeout every process it
+        started is killed (it runs in a session of its own) and the test fails."""
+        with subprocess.Popen(
+            self.command(*command, host_dev_sys=host_dev_sys),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            check=False,
-        )
+            start_new_session=True,
+        ) as process:
+            try:
+                stdout, stderr = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                stdout, stderr = process.communicate()
+                raise AssertionError(
+                    f"in the test root, {' '.join(command)} took over {timeout} s:\n"
+                    f"{stdout}{stderr}"
+                ) from None
+        result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"in the test root, {' '.join(command)} exited {result.returncode}:\n"
@@ -147,10 +190,10 @@ class DebianRoot:
 
 @contextlib.contextmanager
 def debian_root(work_dir: Path) -> Iterator[DebianRoot]:
-    """A fresh copy of the cached base in work_dir/root, with the apt cache carried over."""
+    """A fresh copy of the cached base in work_dir/root, apt's download cache bound in."""
     tarball = base_tarball()
-    archives_cache = CACHE_ROOT / "install-root-apt-archives"
-    archives_cache.mkdir(exist_ok=True)
+    archives_cache = CACHE_ROOT / "minbase-root-apt-archives"
+    (archives_cache / "partial").mkdir(parents=True, exist_ok=True)
     root_path = work_dir / "root"
     root_path.mkdir()
     try:
@@ -158,13 +201,7 @@ def debian_root(work_dir: Path) -> Iterator[DebianRoot]:
             ["tar", "--numeric-owner", "-C", str(root_path), "-xpf", str(tarball)], check=True
         )
         shutil.copy2("/etc/resolv.conf", root_path / "etc/resolv.conf")
-        archives = root_path / "var/cache/apt/archives"
-        for deb in archives_cache.glob("*.deb"):
-            shutil.copy2(deb, archives / deb.name)
-        yield DebianRoot(root_path)
-        for deb in archives.glob("*.deb"):
-            if not (archives_cache / deb.name).exists():
-                shutil.copy2(deb, archives_cache / deb.name)
+        yield DebianRoot(root_path, archives_cache)
     finally:
         leftover = mounts_under(root_path)
         if leftover:  # never delete through a mount point

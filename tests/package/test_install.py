@@ -1,8 +1,11 @@
 """Install test: the .deb in a fresh Debian 12 root, its dependencies from Debian's archive.
 
-Checks that the files land, the configuration is a conffile and a local edit survives a
-reinstall, the unit is enabled and passes `systemd-analyze verify` with the installed program,
-the program runs there, and that a purge leaves the root exactly as it was before the install.
+The root is a minbase one (debian_root.py): nothing in it but what the package pulls in, so a
+program that the unit runs and the package does not depend on is missing there. Checks that
+the dependencies bring every program the unit runs, that the files land, the configuration is
+a conffile and a local edit survives a reinstall, the unit is enabled and passes
+`systemd-analyze verify` with the installed program, the program runs there, and that a purge
+leaves the root exactly as it was before the install.
 The tests of this module share one root and run in order; the purge comes after the checks.
 """
 
@@ -30,6 +33,17 @@ class Installation:
     root: DebianRoot
     deb_in_root: str
     paths_before: set[str]
+    unit_programs: dict[str, bool]  # each program the unit runs: executable before systemd came
+
+
+def unit_programs(unit_text: str) -> list[str]:
+    """The programs that a unit's Exec*= lines run (their prefixes - @ : + ! stripped)."""
+    programs = []
+    for raw_line in unit_text.splitlines():
+        key, _, value = raw_line.strip().partition("=")
+        if key.startswith("Exec") and value:
+            programs.append(value.split()[0].lstrip("-@:+!"))
+    return programs
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +60,34 @@ def installation(
         # and the purge can be compared with it exactly.
         depends = built_deb.field("Depends")
         root.run("apt-get", "-q", "satisfy", "-y", "--no-install-recommends", depends)
+        # What the unit runs must be there now, before systemd comes in (as the verifier):
+        # on a host, nothing but the package's own dependencies guarantees it.
+        shipped = built_deb.paths()
+        programs = {
+            program: program in shipped
+            or root.run("test", "-x", program, check=False).returncode == 0
+            for program in unit_programs(built_deb.data_file(f"lib/systemd/system/{UNIT}").decode())
+        }
+        root.run("apt-get", "-q", "satisfy", "-y", "--no-install-recommends", "systemd")
         paths_before = root.tracked_paths()
         root.run("apt-get", "-q", "install", "-y", "--no-install-recommends", deb_in_root)
-        yield Installation(root, deb_in_root, paths_before)
+        yield Installation(root, deb_in_root, paths_before, programs)
+
+
+def test_dependencies_bring_every_program_the_unit_runs(installation: Installation) -> None:
+    programs = installation.unit_programs
+    assert "/usr/bin/xdp-ip-counter" in programs and len(programs) >= 2, programs
+    missing = sorted(program for program, found in programs.items() if not found)
+    assert not missing, f"the unit runs {missing}, which no dependency of the package brings"
+
+
+def test_unit_program_parsing_sees_every_exec_line() -> None:
+    """The check above can fail: a program named only in ExecStartPre= is found too."""
+    unit = (
+        "[Service]\nExecStartPre=-/usr/bin/true\n"
+        "ExecStart=/usr/bin/x --y\nExecReload=/bin/kill -HUP $MAINPID\n"
+    )
+    assert unit_programs(unit) == ["/usr/bin/true", "/usr/bin/x", "/bin/kill"]
 
 
 def test_files_land_where_they_should(installation: Installation) -> None:
