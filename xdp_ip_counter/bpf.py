@@ -16,6 +16,8 @@ import logging
 import os
 import re
 import socket
+import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Iterable
@@ -70,16 +72,20 @@ class AttachError(RuntimeError):
 
 
 def source_dir() -> Path:
-    """Where the C source is: $XDP_IP_COUNTER_BPF_DIR, the checkout, or the installed copy."""
+    """Where the C source is: $XDP_IP_COUNTER_BPF_DIR, the checkout (bpf/ next to the package),
+    or the copy installed with the package (pyproject's data-files: share/xdp-ip-counter/bpf
+    under the installation's prefix, such as a venv, or /usr in the .deb)."""
     candidates = []
     if os.environ.get("XDP_IP_COUNTER_BPF_DIR"):
         candidates.append(Path(os.environ["XDP_IP_COUNTER_BPF_DIR"]))
-    candidates += [
-        Path(__file__).resolve().parent.parent / "bpf",
-        Path("/usr/share/xdp-ip-counter/bpf"),
-    ]
+    candidates.append(Path(__file__).resolve().parent.parent / "bpf")
+    for prefix in (sys.prefix, sysconfig.get_path("data"), "/usr"):
+        candidate = Path(prefix) / "share" / "xdp-ip-counter" / "bpf"
+        if candidate not in candidates:
+            candidates.append(candidate)
     for candidate in candidates:
         if (candidate / PROGRAM_FILE).is_file():
+            log.info("XDP program source: %s", candidate / PROGRAM_FILE)
             return candidate
     raise CompileError(f"cannot find {PROGRAM_FILE} in any of: {', '.join(map(str, candidates))}")
 
