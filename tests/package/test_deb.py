@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import importlib.util
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import xdp_ip_counter
+from xdp_ip_counter.webconfig import OPTIONAL_MODULES
 
 from .deb import REPO, BuiltDeb
 
@@ -25,26 +28,41 @@ def test_deb_is_named_and_versioned_after_the_python_package(built_deb: BuiltDeb
     assert built_deb.field("Architecture") == "all"
 
 
+def relations(field: str) -> list[str]:
+    """The groups of a Depends-like field ("a | b (>= 1)", ...), as written."""
+    return [group.strip() for group in field.split(",") if group.strip()]
+
+
+def package_names(field: str) -> set[str]:
+    """Every package a Depends-like field names, alternatives included."""
+    return {
+        alternative.split()[0].split(":")[0]
+        for group in relations(field)
+        for alternative in group.split("|")
+    }
+
+
 def test_deb_depends_on_debians_bcc_and_libraries(built_deb: BuiltDeb) -> None:
-    depends = [group.strip() for group in built_deb.field("Depends").split(",")]
+    depends = relations(built_deb.field("Depends"))
     for package in (
         "procps",  # /bin/kill, for the unit's ExecReload=
-        "python3-bpfcc",
-        "python3-prometheus-client",
+        "python3-bpfcc",  # by hand in control: not in pyproject (PyPI's "bcc" is another thing)
+        "python3-prometheus-client",  # these three from pyproject, through dh-python
         "python3-sdnotify",
         "python3-numpy",
     ):
         assert package in depends, f"Depends lacks {package}: {depends}"
-    assert "python3-tomli | python3 (>= 3.11)" in depends
-    assert any(group.startswith("python3:any") for group in depends), depends
-    recommends = built_deb.field("Recommends")
-    assert "linux-headers-amd64" in recommends.split(" | ")[0], recommends
+    assert "python3:any (>= 3.11~)" in depends, depends  # tomllib
+    recommends = relations(built_deb.field("Recommends"))
+    for package in ("python3-bcrypt", "python3-yaml"):  # pyproject's `web` extra
+        assert package in recommends, f"Recommends lacks {package}: {recommends}"
+    assert recommends[-1].startswith("linux-headers-amd64 | "), recommends
 
 
 def third_party_imports() -> set[str]:
     """Top-level names of the libraries the package imports, anywhere in its modules."""
     names: set[str] = set()
-    for module in (REPO / "xdp_ip_counter").glob("*.py"):
+    for module in (REPO / "xdp_ip_counter").rglob("*.py"):
         for node in ast.walk(ast.parse(module.read_text(), str(module))):
             if isinstance(node, ast.Import):
                 names |= {alias.name.split(".")[0] for alias in node.names}
@@ -57,13 +75,29 @@ def third_party_imports() -> set[str]:
     }
 
 
+def canonical(distribution: str) -> str:
+    """A distribution name as PEP 503 compares them (PyYAML -> pyyaml, prometheus_client ->
+    prometheus-client)."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def requirement_name(requirement: str) -> str:
+    return canonical(re.split(r"[\s;<>=!~\[(]", requirement.strip(), maxsplit=1)[0])
+
+
 def test_every_imported_library_is_a_dependency(built_deb: BuiltDeb) -> None:
+    """Every library the package imports is in the built .deb's Depends (the `web` extra's in
+    its Recommends, and not in Depends), and pyproject declares each one the .deb got from it:
+    a new import, or a pyproject entry nothing imports, fails here."""
     depends = built_deb.field("Depends")
-    alternatives = {
-        alternative.split()[0] for group in depends.split(",") for alternative in group.split("|")
-    }
+    recommends = built_deb.field("Recommends")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = {requirement_name(r) for r in project["dependencies"]}
+    web_extra = {requirement_name(r) for r in project["optional-dependencies"]["web"]}
+    distributions_of = importlib.metadata.packages_distributions()
     imports = third_party_imports()
-    assert {"bcc", "prometheus_client"} <= imports, imports
+    assert {"bcc", "prometheus_client", "numpy", "yaml", "bcrypt"} <= imports, imports
+    from_pyproject: set[str] = set()
     for name in sorted(imports):
         spec = importlib.util.find_spec(name)
         assert spec is not None and spec.origin, f"xdp_ip_counter imports {name}: not installed"
@@ -72,7 +106,20 @@ def test_every_imported_library_is_a_dependency(built_deb: BuiltDeb) -> None:
         )
         assert owner.returncode == 0, f"{name} ({spec.origin}) is not from a Debian package"
         package = owner.stdout.split(":")[0]
-        assert package in alternatives, f"imports {name}, from {package}, not in Depends: {depends}"
+        # Debian's egg-info files say no modules (sdnotify's): those are named like the module.
+        distributions = {canonical(d) for d in distributions_of.get(name, [name])}
+        if name == "bcc":  # Debian's python3-bpfcc, named by hand in control (see there)
+            assert not distributions & (declared | web_extra), "pyproject must not name bcc"
+            assert package in package_names(depends), f"{package} not in Depends: {depends}"
+        elif distributions & web_extra:
+            assert package in package_names(recommends), f"{name}: {package} not in {recommends}"
+            assert package not in package_names(depends), f"{name} is optional: {depends}"
+            assert OPTIONAL_MODULES[name][1] == package, f"webconfig names {name}'s package"
+        else:
+            assert distributions & declared, f"imports {name} ({distributions}): not in pyproject"
+            assert package in package_names(depends), f"imports {name}, from {package}: {depends}"
+        from_pyproject |= distributions & (declared | web_extra)
+    assert from_pyproject == declared | web_extra, "pyproject declares what nothing imports"
 
 
 def test_deb_installs_program_module_bpf_source_unit_and_config(built_deb: BuiltDeb) -> None:
