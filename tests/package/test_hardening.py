@@ -11,6 +11,7 @@ file itself and starts the real daemon from the checkout inside it:
       filesystem of its own at /sys/fs/bpf
 The daemon attaches to a veth in a network namespace the test made, and must send READY=1 and
 answer /metrics there. With any one capability of the set taken away it must fail to start.
+ExecReload='s `xdp-ip-counter --check-config` runs in the same sandbox, with no capability at all.
 The fleet tests run the same unit under a real systemd, in VMs.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -151,14 +153,31 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
+def in_sandbox(
+    netns: str, tmp_path: Path, capabilities: list[str], arguments: list[str]
+) -> list[str]:
+    """The command that runs `xdp-ip-counter ARGUMENTS` (from the checkout) in the network
+    namespace, inside the unit's sandbox with these capabilities in the bounding set."""
+    inaccessible_file = tmp_path / "inaccessible-file"
+    inaccessible_dir = tmp_path / "inaccessible-dir"
+    if not inaccessible_file.exists():
+        inaccessible_file.write_text("")
+        inaccessible_file.chmod(0)
+        inaccessible_dir.mkdir(mode=0)
+    bounding = ",".join(["-all", *(f"+{c.removeprefix('CAP_').lower()}" for c in capabilities)])
+    return [
+        "ip", "netns", "exec", netns,
+        "unshare", "--mount", "--propagation", "private",
+        "sh", "-c", mount_sandbox_script(), "sh", str(inaccessible_file), str(inaccessible_dir),
+        "setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs",
+        PYTHON, str(SANDBOX_EXEC), str(UNIT_PATH),
+        PYTHON, "-m", "xdp_ip_counter", *arguments,
+    ]  # fmt: skip
+
+
 @pytest.fixture
 def start_sandboxed(netns: str, tmp_path: Path) -> Iterator:
     started: list[SandboxedDaemon] = []
-    inaccessible_file = tmp_path / "inaccessible-file"
-    inaccessible_file.write_text("")
-    inaccessible_file.chmod(0)
-    inaccessible_dir = tmp_path / "inaccessible-dir"
-    inaccessible_dir.mkdir(mode=0)
     # The configuration the package ships (and so the service reads), flags overriding
     # where the daemon attaches and listens.
     config = REPO / "packaging" / "config.toml"
@@ -167,16 +186,13 @@ def start_sandboxed(netns: str, tmp_path: Path) -> Iterator:
         notify_path = tmp_path / f"notify-{len(started)}.sock"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(notify_path))
-        bounding = ",".join(["-all", *(f"+{c.removeprefix('CAP_').lower()}" for c in capabilities)])
-        command = [
-            "ip", "netns", "exec", netns,
-            "unshare", "--mount", "--propagation", "private",
-            "sh", "-c", mount_sandbox_script(), "sh", str(inaccessible_file), str(inaccessible_dir),
-            "setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--no-new-privs",
-            PYTHON, str(SANDBOX_EXEC), str(UNIT_PATH),
-            PYTHON, "-m", "xdp_ip_counter", "-c", str(config),
-            "--iface", HOST_IF, "--listen-address", "127.0.0.1", "--server-port", "3031",
-        ]  # fmt: skip
+        command = in_sandbox(
+            netns,
+            tmp_path,
+            capabilities,
+            ["-c", str(config), "--iface", HOST_IF,
+             "--listen-address", "127.0.0.1", "--server-port", "3031"],
+        )  # fmt: skip
         env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONPATH=str(REPO))
         env.pop("WATCHDOG_USEC", None)
         log_path = tmp_path / f"daemon-{len(started)}.log"
@@ -239,3 +255,34 @@ def test_each_capability_of_the_unit_is_needed(dropped: str, start_sandboxed) ->
     daemon = start_sandboxed(capabilities)
     assert not daemon.wait_ready(START_TIMEOUT), f"started without {dropped}:\n{daemon.log()}"
     assert daemon.process.wait(30) != 0, daemon.log()
+
+
+def test_check_config_works_inside_the_units_sandbox(netns: str, tmp_path: Path) -> None:
+    """ExecReload='s check runs as the service's control process: in the unit's sandbox, here
+    with no capability at all (it needs none). It accepts the shipped file and refuses a bad
+    one with exit code 2 and the reason."""
+    good = tmp_path / "good.toml"
+    good.write_text(config_text())
+    bad = tmp_path / "bad.toml"
+    bad_text, replaced = re.subn(r"(?m)^window\s*=.*$", "window = 15", config_text())
+    assert replaced == 1, "the shipped configuration has no window = line"
+    bad.write_text(bad_text)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def check(path: Path) -> subprocess.CompletedProcess[str]:
+        command = in_sandbox(
+            netns, tmp_path, [], ["--check-config", "-c", str(path), "--iface", HOST_IF]
+        )
+        return subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    accepted = check(good)
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert accepted.stdout.startswith(f"configuration OK: interfaces {HOST_IF};"), accepted.stdout
+    refused = check(bad)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr == (
+        f"xdp-ip-counter: error: {bad}: key 'window': must be a positive multiple of 10 "
+        "(seconds), got 15\n"
+    )

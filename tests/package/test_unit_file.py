@@ -9,7 +9,7 @@ from pathlib import Path
 from .deb import REPO
 
 UNIT_PATH = REPO / "systemd" / "xdp-ip-counter.service"
-EXEC_START = "ExecStart=/usr/bin/xdp-ip-counter"
+PROGRAM = "/usr/bin/xdp-ip-counter"
 # systemd-analyze security's "Overall exposure level" (0 best, 10 worst), as the README reports
 # it; a change to the unit that makes it worse fails here.
 MAX_EXPOSURE = 2.3
@@ -31,7 +31,12 @@ def test_unit_is_a_notify_service_with_watchdog_reload_and_restart() -> None:
     assert settings["Type"] == ["notify"]
     assert settings["NotifyAccess"] == ["main"]
     assert settings["ExecStart"] == ["/usr/bin/xdp-ip-counter"]
-    assert settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    # the file is checked before the SIGHUP: a bad one fails `systemctl reload` (the fleet
+    # test sees it under systemd)
+    assert settings["ExecReload"] == [
+        "/usr/bin/xdp-ip-counter --check-config",
+        "/bin/kill -HUP $MAINPID",
+    ]
     assert settings["WatchdogSec"] == ["30s"]
     assert settings["Restart"] == ["on-failure"]
     assert settings["RestartPreventExitStatus"] == ["2"]
@@ -48,15 +53,16 @@ def test_unit_keeps_only_the_capabilities_it_needs() -> None:
 
 
 def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
-    # verify checks that ExecStart= exists; the unit names the installed path, so point it at
-    # a stand-in here (the install test verifies the installed unit with the real program).
+    # verify checks that ExecStart= and ExecReload= exist; the unit names the installed path,
+    # so point it at a stand-in here (the install test verifies the installed unit with the
+    # real program).
     program = tmp_path / "xdp-ip-counter"
     program.write_text("#!/bin/sh\nexit 0\n")
     program.chmod(0o755)
     text = UNIT_PATH.read_text()
-    assert text.count(EXEC_START + "\n") == 1
+    assert text.count(f"={PROGRAM}") == 2  # ExecStart=, ExecReload=
     unit = tmp_path / UNIT_PATH.name
-    unit.write_text(text.replace(EXEC_START + "\n", f"ExecStart={program}\n"))
+    unit.write_text(text.replace(f"={PROGRAM}", f"={program}"))
     result = subprocess.run(
         ["systemd-analyze", "verify", unit.name],
         cwd=tmp_path,
