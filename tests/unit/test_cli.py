@@ -368,3 +368,42 @@ def test_check_config_does_not_load_the_daemon(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "0 []"
+
+
+# What a reload refuses: ExecReload= runs --check-config before the SIGHUP, so that a file the
+# daemon would refuse fails `systemctl reload` instead; the daemon reloads with reload_settings.
+@pytest.mark.parametrize(
+    "text",
+    [
+        'interfaces = ["lo"]\nwindow = 15\n',
+        'interfaces = ["lo"]\nport = [22]\n',
+        'interfaces = ["nosuch0"]\n',
+        'interfaces = ["lo"]\nweb_config_file = "WEB"\n',
+        'interfaces = ["lo"]\nweb_config_file = "ABSENT"\n',
+        'interfaces = ["lo"\n',
+    ],
+)
+def test_check_config_refuses_what_a_reload_refuses(
+    tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  alice: plain-text-password\n")
+    path = tmp_path / "config.toml"
+    path.write_text(text.replace("WEB", str(web)).replace("ABSENT", str(tmp_path / "absent.yml")))
+    with pytest.raises(ConfigError) as caught:
+        reload_settings(["-c", str(path)])
+    assert entry.main(["--check-config", "-c", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"xdp-ip-counter: error: {caught.value}\n"
+    assert captured.out == ""
+
+
+def test_check_config_passes_a_setting_that_needs_a_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The check knows no running daemon: a changed max_entries is valid, and a reload logs
+    that it waits for a restart (it does not fail the reload)."""
+    path = tmp_path / "config.toml"
+    path.write_text('interfaces = ["lo"]\nmax_entries = 65536\n')
+    assert entry.main(["--check-config", "-c", str(path)]) == 0
+    assert "max entries 65536" in capsys.readouterr().out
