@@ -3,11 +3,11 @@ frames.py cannot hide a parser bug or fake one."""
 
 from __future__ import annotations
 
-import pytest
+# A plain import: without scapy (python3-scapy, from the bootstrap) this module fails to
+# collect, where importorskip would skip it silently, also under CI.
+import scapy.all as scapy_all
 
 from . import frames as f
-
-scapy_all = pytest.importorskip("scapy.all")
 
 
 def _dissect(frame: f.Frame):
