@@ -24,12 +24,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require
 from tests.kernel.netns import namespace_with_veths
 
 from .deb import REPO
 
 PYTHON = "/usr/bin/python3"  # Debian's, which sees Debian's python3-* packages
 PORT = 3041
+# Modules of Debian's Python that building the wheel and making the venv take, and their packages.
+BUILD_MODULES = {
+    "pip": "python3-pip",
+    "setuptools": "python3-setuptools",
+    "wheel": "python3-wheel",
+    "ensurepip": "python3-venv",
+}
 
 
 def run(*args: str | Path, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -56,6 +64,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel, built from a copy of the checkout's files (so that no build/ or *.egg-info
     lands in the checkout) with Debian's setuptools, without build isolation or an index."""
     source = tmp_path_factory.mktemp("source")
+    missing = [
+        package
+        for module, package in BUILD_MODULES.items()
+        if run(PYTHON, "-c", f"import {module}", cwd=source).returncode
+    ]
+    require(not missing, f"building and installing the wheel needs {', '.join(missing)}")
     listed = subprocess.run(
         ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         capture_output=True,
