@@ -40,9 +40,13 @@ SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 
 CONTROL_FILE = Path(__file__).resolve().parents[2] / "packaging" / "debian" / "control"
+# Prints the Debian packages of pyproject.toml's requirements, as dh-python maps them into the
+# .deb's ${python3:Depends} and ${python3:Recommends}.
+PYTHON_DEPENDS = Path(__file__).resolve().parents[2] / "packaging" / "python-depends.py"
 
 # What booting, Ansible and the test need on the host; the .deb's own Depends are added from
-# packaging/debian/control (package_dependencies()), so the image follows the package.
+# packaging/debian/control and pyproject.toml (package_dependencies()), so the image follows
+# the package.
 BASE_PACKAGES = (
     # booting and being reachable
     "systemd-sysv",
@@ -148,7 +152,27 @@ class DebianImage:
 
 def package_dependencies(control_file: Path = CONTROL_FILE) -> list[str]:
     """The Depends of the xdp-ip-counter binary package, first alternative of each, without
-    versions and substitution variables (${python3:Depends} is python3, installed anyway)."""
+    versions, with ${python3:Depends} and ${python3:Recommends} (the web extra, so that the
+    role installs with recommends offline too) as packaging/python-depends.py maps them."""
+    return control_depends(control_file) + python_dependencies()
+
+
+def python_dependencies(script: Path = PYTHON_DEPENDS) -> list[str]:
+    """The Debian packages of pyproject.toml's requirements (dependencies and extras)."""
+    result = subprocess.run(
+        ["/usr/bin/python3", str(script)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise ImageBuildError(f"{script} failed: {result.stderr.strip()}")
+    return [
+        line.split("|")[0].split("(")[0].strip()
+        for line in result.stdout.splitlines()
+        if line.strip()
+    ]
+
+
+def control_depends(control_file: Path = CONTROL_FILE) -> list[str]:
+    """The Depends field of the binary package in control, substitution variables left out."""
     stanza = control_file.read_text().split("\nPackage: xdp-ip-counter\n", 1)[1]
     field_lines: list[str] = []
     for line in stanza.splitlines():
