@@ -162,13 +162,8 @@ class Fleet:
         if failed:
             raise AssertionError(f"{run.describe()}\n{self.diagnostics()}")
 
-    def deploy(self, **changes: Any) -> PlaybookRun:
-        """Run ansible/site.yml against both VMs with the role variables changed as given."""
-        self.role_vars.update(changes)
-        inventory = self.write_inventory(self.role_vars)
-        self.runs += 1
-        log = self.workdir / f"ansible-run-{self.runs}.log"
-        environment = os.environ | {
+    def ansible_environment(self) -> dict[str, str]:
+        return os.environ | {
             "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
             "ANSIBLE_HOST_KEY_CHECKING": "False",
             "ANSIBLE_NOCOLOR": "1",
@@ -176,11 +171,18 @@ class Fleet:
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.control_path_dir),
             "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"),
         }
+
+    def deploy(self, **changes: Any) -> PlaybookRun:
+        """Run ansible/site.yml against both VMs with the role variables changed as given."""
+        self.role_vars.update(changes)
+        inventory = self.write_inventory(self.role_vars)
+        self.runs += 1
+        log = self.workdir / f"ansible-run-{self.runs}.log"
         started = time.monotonic()
         result = subprocess.run(
             ["ansible-playbook", "-i", str(inventory), "site.yml"],
             cwd=ANSIBLE_DIR,
-            env=environment,
+            env=self.ansible_environment(),
             capture_output=True,
             text=True,
             timeout=PLAYBOOK_TIMEOUT_SECONDS,
@@ -190,6 +192,19 @@ class Fleet:
         log.write_text(output)
         record_time(self.timings, f"ansible-playbook run {self.runs}", started)
         return PlaybookRun(result.returncode, output, log, parse_recap(result.stdout))
+
+    def run_module(self, host: str, module: str, arguments: str) -> subprocess.CompletedProcess:
+        """One module on one VM with `ansible` (ad hoc), as a task of the role would run it."""
+        inventory = self.write_inventory(self.role_vars)
+        return subprocess.run(
+            ["ansible", host, "-i", str(inventory), "-m", module, "-a", arguments],
+            cwd=ANSIBLE_DIR,
+            env=self.ansible_environment(),
+            capture_output=True,
+            text=True,
+            timeout=PLAYBOOK_TIMEOUT_SECONDS,
+            check=False,
+        )
 
 
 def service_properties(machine: VirtualMachine) -> dict[str, str]:

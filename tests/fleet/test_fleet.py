@@ -7,10 +7,13 @@ fleet2 sends it traffic over their private link (10.55.0.0/24, fd00:55::/64 on e
 
 from __future__ import annotations
 
+import re
+import shlex
 from typing import Any
 
 import pytest
 from ansible_fleet import (
+    SERVICE,
     Fleet,
     PlaybookRun,
     active_users,
@@ -20,6 +23,7 @@ from ansible_fleet import (
     source_list,
     wait_for,
 )
+from qemu_vm import VirtualMachine
 
 pytestmark = [pytest.mark.root, pytest.mark.fleet]
 
@@ -184,6 +188,118 @@ def test_an_invalid_configuration_is_refused_and_changes_nothing(
         properties = service_properties(machine)
         assert properties["MainPID"] == pids_before[machine.name], (machine.name, properties)
         assert properties["ActiveState"] == "active", (machine.name, properties)
+
+
+CONFIG_PATH = "/etc/xdp-ip-counter/config.toml"
+WINDOW_ERROR = f"{CONFIG_PATH}: key 'window': must be a positive multiple of 10 (seconds), got 15"
+STATUS_REJECTED = re.compile(
+    r"reload rejected at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC: "
+    + re.escape(WINDOW_ERROR)
+    + r"; serving the previous configuration: watching eth0,eth1 ports \S+: \d+ sources in "
+    r"the last 600s"
+)
+STATUS_SERVING = re.compile(r"watching eth0,eth1 ports \S+: \d+ sources in the last 600s")
+
+
+def journal_cursor(machine: VirtualMachine) -> str:
+    output = machine.ssh(f"journalctl -n 0 --show-cursor -u {SERVICE}").stdout
+    cursors = [line for line in output.splitlines() if line.startswith("-- cursor: ")]
+    assert cursors, output
+    return cursors[-1].removeprefix("-- cursor: ")
+
+
+def journal_since(machine: VirtualMachine, cursor: str) -> str:
+    return machine.ssh(
+        f"journalctl --no-pager -o cat -u {SERVICE} --after-cursor={shlex.quote(cursor)}"
+    ).stdout
+
+
+def test_reloading_an_invalid_file_fails_and_the_old_configuration_serves(
+    fleet: Fleet, first_run: PlaybookRun
+) -> None:
+    """Written by hand, not by the role (which checks before it writes): `systemctl reload`
+    fails naming the reason; a SIGHUP sent past the check is refused by the daemon, and
+    STATUS= says so until a good reload."""
+    machine = fleet.watched
+    backup = "/root/config.toml.good"
+    machine.ssh(f"cp -p {CONFIG_PATH} {backup}")
+    before = service_properties(machine)
+    assert STATUS_SERVING.fullmatch(before["StatusText"]), before
+    try:
+        machine.ssh(f"sed -i 's/^window = 600$/window = 15/' {CONFIG_PATH}")
+        assert "\nwindow = 15\n" in machine.ssh(f"cat {CONFIG_PATH}").stdout
+        cursor = journal_cursor(machine)
+
+        # ExecReload='s check fails, so the reload fails, before the daemon hears of it
+        reload = machine.ssh(f"systemctl reload {SERVICE}", check=False)
+        assert reload.returncode != 0, (reload.stdout, reload.stderr)
+        assert f"Job for {SERVICE}.service failed" in reload.stderr, reload.stderr
+        wait_for(
+            lambda: f"xdp-ip-counter: error: {WINDOW_ERROR}" in journal_since(machine, cursor),
+            LIST_TIMEOUT_SECONDS,
+            "the check's reason in the journal",
+        )
+        status = machine.ssh(f"systemctl status --no-pager -n 20 {SERVICE}", check=False).stdout
+        assert f"xdp-ip-counter: error: {WINDOW_ERROR}" in status, status
+        assert "ExecReload=/usr/bin/xdp-ip-counter --check-config (code=exited, status=2" in (
+            status
+        ), status
+        # the role's reload handler (state: reloaded) fails the play: the same module, run here
+        handler = fleet.run_module(
+            machine.name, "ansible.builtin.systemd", f"name={SERVICE} state=reloaded"
+        )
+        assert handler.returncode != 0, handler.stdout + handler.stderr
+        assert f"Unable to reload service {SERVICE}" in handler.stdout, handler.stdout
+        after = service_properties(machine)
+        assert after["ActiveState"] == "active", after
+        assert after["SubState"] == "running", after
+        assert after["MainPID"] == before["MainPID"], (before, after)
+        assert "reload rejected" not in after["StatusText"], after  # no SIGHUP reached it
+        assert metric_value(machine, "xdp_ip_counter_window_seconds") == 600
+        assert metric_value(machine, "xdp_ip_counter_config_last_reload_successful") == 1
+
+        # a SIGHUP past the check (sent by hand, or the file changed between the check and the
+        # signal): the daemon refuses the file, keeps serving, and STATUS= names the refusal
+        machine.ssh(f"systemctl kill --kill-who=main --signal=HUP {SERVICE}")
+        wait_for(
+            lambda: STATUS_REJECTED.fullmatch(service_properties(machine)["StatusText"]),
+            LIST_TIMEOUT_SECONDS,
+            "the rejected reload in StatusText",
+        )
+        wait_for(
+            lambda: metric_value(machine, "xdp_ip_counter_config_last_reload_successful") == 0,
+            LIST_TIMEOUT_SECONDS,
+            "xdp_ip_counter_config_last_reload_successful 0",
+        )
+        # still named after the next refreshes (refresh_interval 2 s)
+        refreshed = metric_value(machine, "xdp_ip_counter_last_refresh_timestamp_seconds")
+        wait_for(
+            lambda: (
+                metric_value(machine, "xdp_ip_counter_last_refresh_timestamp_seconds") != refreshed
+            ),
+            LIST_TIMEOUT_SECONDS,
+            "a refresh after the rejected reload",
+        )
+        after = service_properties(machine)
+        assert STATUS_REJECTED.fullmatch(after["StatusText"]), after
+        assert after["MainPID"] == before["MainPID"], (before, after)
+        assert metric_value(machine, "xdp_ip_counter_window_seconds") == 600
+    finally:
+        machine.ssh(f"cp -p {backup} {CONFIG_PATH}")
+
+    reload = machine.ssh(f"systemctl reload {SERVICE}", check=False)
+    assert reload.returncode == 0, (reload.stdout, reload.stderr, fleet.diagnostics())
+    wait_for(
+        lambda: STATUS_SERVING.fullmatch(service_properties(machine)["StatusText"]),
+        LIST_TIMEOUT_SECONDS,
+        "StatusText without the rejected reload",
+    )
+    wait_for(
+        lambda: metric_value(machine, "xdp_ip_counter_config_last_reload_successful") == 1,
+        LIST_TIMEOUT_SECONDS,
+        "xdp_ip_counter_config_last_reload_successful 1",
+    )
+    assert service_properties(machine)["MainPID"] == before["MainPID"]
 
 
 def test_changing_a_restart_only_setting_restarts(fleet: Fleet, first_run: PlaybookRun) -> None:
