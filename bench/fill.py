@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from xdp_ip_counter.bpf import kernel_clock_ns
 from xdp_ip_counter.bpf_syscall import map_update_batch
+from xdp_ip_counter.clock import kernel_clock_ns
 from xdp_ip_counter.layout import KEY_DTYPE, VALUE_DTYPE
 
 FIRST_V4 = 0x0A400000  # 10.64.0.0: clear of the benchmark's frames (10.1.0.0/16, 10.128.0.0/9)

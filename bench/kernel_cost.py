@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from xdp_ip_counter import bpf_syscall
-from xdp_ip_counter.bpf import BPF_F_NO_COMMON_LRU, DataPath, kernel_clock, source_dir
+from xdp_ip_counter.bpf import BPF_F_NO_COMMON_LRU, DataPath, source_dir
+from xdp_ip_counter.clock import kernel_clock
 from xdp_ip_counter.config import PortFilter
 
 from . import fill, frames

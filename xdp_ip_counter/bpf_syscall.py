@@ -8,7 +8,7 @@
   without losing a hit that lands between the snapshot and the delete.
 - BPF_PROG_TEST_RUN: run the program on a crafted frame (tests and benchmarks).
 - BPF_PROG_LOAD of a five-instruction program that reads jiffies: the clock the XDP program
-  stamps first/last seen with, read the same way from userspace (see bpf.kernel_clock_ns).
+  stamps first/last seen with, read the same way from userspace (see clock.kernel_clock_ns).
 
 No bcc here: only file descriptors and bytes.
 """

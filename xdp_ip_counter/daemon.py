@@ -7,8 +7,6 @@ refresh loop, so a stuck loop stops the pings and systemd restarts the service.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -19,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import __version__, capabilities
+from . import __version__, capabilities, memory
 from .bpf import AttachError, CompileError, DataPath
 from .config import ConfigError, Settings, diff, needs_restart, validate_interfaces
 from .http import ListenError, MetricsServer
@@ -383,18 +381,9 @@ class Daemon:
         threading.excepthook = on_thread_death
 
 
-def _return_large_frees_to_the_kernel() -> None:
-    """Allocations of 1 MiB and more (the snapshot and window arrays) get their own mappings, so
-    that freeing them gives the memory back at once instead of keeping it in glibc's heap: the
-    peak RSS at a million sources drops by 12-34 MB (bench/README.md)."""
-    m_mmap_threshold = -3
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(m_mmap_threshold, 1 << 20)
-
-
 def run(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
-    _return_large_frees_to_the_kernel()
+    memory.return_large_frees_to_the_kernel()
     daemon = Daemon(settings, reload_settings or (lambda: settings))
     daemon.install_handlers()
     try:

@@ -24,7 +24,7 @@ KEY_DTYPE = np.dtype(
 )
 
 # struct source_value (32 bytes). Times are ns of CLOCK_MONOTONIC at the start of the current
-# jiffy (the program reads bpf_jiffies64(); bpf.kernel_clock_ns() reads the same clock).
+# jiffy (the program reads bpf_jiffies64(); clock.kernel_clock_ns() reads the same clock).
 VALUE_DTYPE = np.dtype(
     [
         ("first_seen", "<u8"),

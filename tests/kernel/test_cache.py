@@ -21,13 +21,9 @@ import numpy as np
 import pytest
 
 from xdp_ip_counter import bpf_syscall
-from xdp_ip_counter.bpf import (
-    CACHE_SLOT_DTYPE,
-    DataPath,
-    cache_index,
-    kernel_clock,
-    kernel_clock_ns,
-)
+from xdp_ip_counter.bpf import DataPath
+from xdp_ip_counter.cache import CACHE_SLOT_DTYPE, cache_index
+from xdp_ip_counter.clock import kernel_clock, kernel_clock_ns
 from xdp_ip_counter.config import PortFilter
 from xdp_ip_counter.layout import KEY_DTYPE, VALUE_DTYPE
 
@@ -56,8 +52,8 @@ def _map_value(program: ProgramUnderTest, key: SourceKey) -> np.void | None:
 
 def _pending(program: ProgramUnderTest, key: SourceKey) -> int:
     """Packets pending for key in the cache, over every CPU."""
-    index = int(cache_index(_key_array(key), program.datapath._cache_bits)[0])
-    slots = program.datapath._read_slot(index)
+    index = int(cache_index(_key_array(key), program.datapath.cache.bits)[0])
+    slots = program.datapath.cache.read_slot(index)
     same = np.array([slot["key"].tobytes() == _key_array(key).tobytes() for slot in slots])
     return int(slots["packets"][same].sum())
 
@@ -92,7 +88,7 @@ def _ctypes_layout(struct_type: type[ctypes.Structure]) -> list[tuple[str, int, 
 
 
 def test_cache_slot_dtype_matches_bccs_ctypes(datapath: DataPath) -> None:
-    leaf = datapath._bpf[b"source_cache"].sLeaf
+    leaf = datapath.table("source_cache").sLeaf
     numpy_layout = [
         (name, CACHE_SLOT_DTYPE.fields[name][1], CACHE_SLOT_DTYPE.fields[name][0].itemsize)
         for name in CACHE_SLOT_DTYPE.names or ()
@@ -116,8 +112,8 @@ def test_python_cache_index_is_the_programs() -> None:
             cases.append((f.v6_tcp(v6, 443), program.key_v6(v6, 443)))
         for frame, key in cases:
             bpf_syscall.prog_test_run(datapath.prog_fd, frame.data, repeat=2)
-            index = int(cache_index(_key_array(key), datapath._cache_bits)[0])
-            held = [slot["key"].tobytes() for slot in datapath._read_slot(index)]
+            index = int(cache_index(_key_array(key), datapath.cache.bits)[0])
+            held = [slot["key"].tobytes() for slot in datapath.cache.read_slot(index)]
             assert _key_array(key).tobytes() in held, f"{key} is not in slot {index}"
     finally:
         datapath.close()
@@ -175,7 +171,7 @@ def _colliding_sources(program: ProgramUnderTest, port: int) -> tuple[str, str]:
     candidates["port"] = port
     candidates["proto"] = UDP
     candidates["family"] = 4
-    index = cache_index(candidates, program.datapath._cache_bits)
+    index = cache_index(candidates, program.datapath.cache.bits)
     first_index = index[0]
     other = int(np.flatnonzero(index[1:] == first_index)[0]) + 1
     return str(ipaddress.IPv4Address(base)), str(ipaddress.IPv4Address(base + other))

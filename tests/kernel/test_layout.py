@@ -38,7 +38,7 @@ def _numpy_layout(dtype: np.dtype) -> list[tuple[str, int, int]]:
 def test_dtypes_match_bccs_ctypes(
     datapath: DataPath, table: str, part: str, dtype: np.dtype
 ) -> None:
-    struct_type = getattr(datapath._bpf[table.encode()], part)
+    struct_type = getattr(datapath.table(table), part)
     assert ctypes.sizeof(struct_type) == dtype.itemsize
     assert _numpy_layout(dtype) == _ctypes_layout(struct_type)
 
@@ -70,7 +70,7 @@ def test_outcomes_match_the_enum_in_the_c_source() -> None:
 
 
 def test_map_sizes(datapath: DataPath) -> None:
-    assert datapath._bpf[b"stats"].max_entries == len(OUTCOMES)
-    assert datapath._bpf[b"sources"].max_entries == CAPACITY
-    assert datapath._bpf[b"port_filter"].max_entries == 1
+    assert datapath.table("stats").max_entries == len(OUTCOMES)
+    assert datapath.table("sources").max_entries == CAPACITY
+    assert datapath.table("port_filter").max_entries == 1
     assert set(datapath.read_stats()) == set(OUTCOMES)

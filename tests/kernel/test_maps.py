@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from xdp_ip_counter.bpf import BPF_F_NO_COMMON_LRU, DataPath, kernel_clock_ns
+from xdp_ip_counter.bpf import BPF_F_NO_COMMON_LRU, DataPath
+from xdp_ip_counter.clock import kernel_clock_ns
 from xdp_ip_counter.config import PortFilter
 
 from . import frames as f
@@ -64,7 +65,7 @@ def test_lru_keeps_to_its_capacity_under_a_flood(program: ProgramUnderTest) -> N
 def test_per_cpu_lru_keeps_to_its_capacity_under_a_flood(
     per_cpu_lru_program: ProgramUnderTest,
 ) -> None:
-    assert per_cpu_lru_program.datapath._bpf[b"sources"].flags & BPF_F_NO_COMMON_LRU
+    assert per_cpu_lru_program.datapath.table("sources").flags & BPF_F_NO_COMMON_LRU
     _flood(per_cpu_lru_program)
 
 
