@@ -1,9 +1,11 @@
 """Settings: what to watch and how to serve it, from the TOML file and the command line.
 
-`load_file` turns a TOML file into typed field values, `Settings` checks every value (so a
-Settings that exists is a valid one), and every error is a `ConfigError` whose message starts with
-where the bad value came from: "/etc/xdp-ip-counter/config.toml: key 'window': ...",
-"argument -w/--window: ...". The command line (cli.py) layers its flags over the file.
+Each setting is declared once, in SETTINGS (key, flags, help, file types, check, live or
+restart), and a field of `Settings` (type and default). `load_file` turns a TOML file into typed
+field values, `Settings` checks every value (so a Settings that exists is a valid one), and every
+error is a `ConfigError` whose message starts with where the bad value came from:
+"/etc/xdp-ip-counter/config.toml: key 'window': ...", "argument -w/--window: ...". The command
+line (cli.py) builds its flags from SETTINGS and layers them over the file.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import re
 import socket
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
+from enum import Enum
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -38,6 +42,7 @@ IFNAME_MAX_BYTES = 15
 
 _PORT_TEXT = re.compile(r"[0-9]+")
 _RANGE_TEXT = re.compile(r"([0-9]+)\s*-\s*([0-9]+)")
+_INTEGER_TEXT = re.compile(r"-?[0-9]+")
 
 
 class ConfigError(Exception):
@@ -189,7 +194,7 @@ def parse_ports(value: str | list[Any], source: str) -> PortFilter:
 
 
 # --------------------------------------------------------------------------------------------
-# Settings
+# Checks of one value each: `where` starts the message ("argument -w/--window", "<file>: key ...")
 
 
 def _check_int(value: object, where: str, low: int, high: int | None = None) -> None:
@@ -275,44 +280,265 @@ def _check_ports(value: object, where: str) -> None:
         raise ConfigError(where, f"expected a PortFilter, got {_describe_value(value)}")
 
 
-_FIELD_CHECKS: dict[str, Callable[[object, str], None]] = {
-    "interfaces": _check_interfaces,
-    "ports": _check_ports,
-    "window": _check_window,
-    "listen_address": _check_listen_address,
-    "server_port": lambda value, where: _check_int(value, where, 1, 65535),
-    "serve_ip_list": _check_bool,
-    "xdp_mode": _check_xdp_mode,
-    "max_entries": lambda value, where: _check_int(value, where, 1, MAX_ENTRIES_LIMIT),
-    "refresh_interval": lambda value, where: _check_int(value, where, 1),
-    "pin_path": _check_pin_path,
-    "web_config_file": _check_web_config_file,
-}
+# --------------------------------------------------------------------------------------------
+# Conversions: a flag's text, or a TOML value of the right type, into the Settings field's type
 
-# The flag that sets each key, for messages about defaults (cli.py defines the flags themselves).
-FLAG_FOR_KEY = {
-    "interfaces": "-i/--iface",
-    "ports": "-p/--ports",
-    "window": "-w/--window",
-    "listen_address": "--listen-address",
-    "server_port": "-s/--server-port",
-    "serve_ip_list": "--serve-ip-list",
-    "xdp_mode": "--xdp-mode",
-    "max_entries": "--max-entries",
-    "refresh_interval": "--refresh-interval",
-    "pin_path": "--pin-path",
-    "web_config_file": "--web.config.file",
-}
 
-# Changing these needs a restart: the HTTP socket and the kernel map are made once at start-up
-# (xdp_mode could be re-attached, but a restart keeps the reload path simple).
-RESTART_FIELDS = ("listen_address", "server_port", "max_entries", "xdp_mode", "pin_path")
+def _as_given(value: Any, where: str) -> Any:
+    return value
+
+
+def _integer(text: str, where: str) -> int:
+    if not _INTEGER_TEXT.fullmatch(text.strip()):
+        raise ConfigError(where, f"expected an integer, got {text!r}")
+    return int(text)
+
+
+def _interfaces_from_flags(values: list[str], where: str) -> tuple[str, ...]:
+    """-i given once or more, each a name or a comma-separated list of names."""
+    names: list[str] = []
+    for value in values:
+        for name in value.split(","):
+            if not name.strip():
+                raise ConfigError(where, f"empty interface name in {value!r}")
+            names.append(name.strip())
+    return tuple(names)
+
+
+def _interfaces_from_file(value: list[Any], where: str) -> tuple[str, ...]:
+    for position, name in enumerate(value, start=1):
+        if not isinstance(name, str):
+            raise ConfigError(
+                where, f"item {position}: expected an interface name, got {_describe_value(name)}"
+            )
+    return tuple(value)
+
+
+def _absolute_path(text: str, where: str) -> str:
+    """A path given on the command line, made absolute (a reload may run in another cwd)."""
+    return str(Path(text).absolute()) if text else ""
+
+
+def _interface_changes(before: tuple[str, ...], after: tuple[str, ...]) -> str:
+    added = [name for name in after if name not in before]
+    removed = [name for name in before if name not in after]
+    details = [f"added {','.join(added)}"] if added else []
+    details += [f"removed {','.join(removed)}"] if removed else []
+    return "; ".join(details)
+
+
+# --------------------------------------------------------------------------------------------
+# The settings, each declared once
+
+
+class Apply(Enum):
+    """When a changed value takes effect. A restart-only setting says what start-up makes once;
+    needs_restart names the changed ones in this order."""
+
+    LIVE = "applied by a reload"
+    SOCKET = "needs a restart: the HTTP socket is bound once at start-up"
+    MAP = "needs a restart: the kernel map is created (or taken over from its pin) at start-up"
+    # It could be re-attached, but a restart keeps the reload path simple.
+    ATTACH = "needs a restart: the attach mode is chosen once at start-up"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its TOML key, flags, help, file types, check and when a change applies.
+
+    The key is also the Settings field's name, whose annotation and default are the setting's
+    type and default. cli.py builds the flags from these declarations, load_file types the file
+    with them, Settings checks with them, and diff/needs_restart follow them; the packaged
+    config.toml, the Ansible role and the README are checked against them by
+    tests/unit/test_settings_docs.py.
+    """
+
+    key: str
+    flags: tuple[str, ...]
+    # None: a switch (a flag without a value that can only turn the setting on).
+    metavar: str | None
+    # --help text, "[default: ...]" added; None: the flag works but --help does not show it.
+    help: str | None
+    # The TOML types the key may have (a bool is not an integer here).
+    file_types: tuple[type, ...]
+    # Raises ConfigError(where, ...) for a value the daemon cannot use.
+    check: Callable[[Any, str], None]
+    apply: Apply = Apply.LIVE
+    # Whether the flag may be given more than once (from_flag then gets the list of values).
+    repeatable: bool = False
+    # A flag's value (text, a list when repeatable, True for a switch) -> the field's type.
+    from_flag: Callable[[Any, str], Any] = _as_given
+    # A TOML value of one of file_types -> the field's type.
+    from_file: Callable[[Any, str], Any] = _as_given
+    # A value as a reload's log and --help show it.
+    show: Callable[[Any], str] = str
+    # --help's default when it is not show(default) (the command line spells it differently).
+    help_default: str | None = None
+    # What the reload log adds after "old -> new", or "".
+    change_detail: Callable[[Any, Any], str] | None = None
+    # One of the original tool's flags, listed first in --help (names and help are a contract).
+    original: bool = False
+
+    @property
+    def flag(self) -> str:
+        """The flags as messages name them: "-w/--window"."""
+        return "/".join(self.flags)
+
+    @property
+    def restart(self) -> bool:
+        """Whether a change waits for a restart."""
+        return self.apply is not Apply.LIVE
+
+    @property
+    def default(self) -> Any:
+        """The Settings field's default."""
+        declared = _SETTINGS_FIELDS[self.key]
+        if declared.default_factory is not MISSING:
+            return declared.default_factory()
+        return declared.default
+
+    @property
+    def default_text(self) -> str:
+        """The default as --help shows it."""
+        return self.help_default if self.help_default is not None else self.show(self.default)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        key="interfaces",
+        flags=("-i", "--iface"),
+        metavar="IFACE",
+        help="Network Interface to attach eBPF program to",
+        file_types=(list,),
+        check=_check_interfaces,
+        repeatable=True,
+        from_flag=_interfaces_from_flags,
+        from_file=_interfaces_from_file,
+        show=",".join,
+        change_detail=_interface_changes,
+        original=True,
+    ),
+    Setting(
+        key="ports",
+        flags=("-p", "--ports"),
+        metavar="PORTS",
+        help="Comma-separated ports to collect data for. 0 means all ports",
+        file_types=(list,),
+        check=_check_ports,
+        from_flag=parse_ports,
+        from_file=parse_ports,
+        help_default="0",
+        original=True,
+    ),
+    Setting(
+        key="window",
+        flags=("-w", "--window"),
+        metavar="WINDOW",
+        help="Sampling interval in seconds. value must be divisable by 10",
+        file_types=(int,),
+        check=_check_window,
+        from_flag=_integer,
+        original=True,
+    ),
+    Setting(
+        key="listen_address",
+        flags=("--listen-address",),
+        metavar="ADDRESS",
+        help="IPv4 or IPv6 address to serve HTTP on",
+        file_types=(str,),
+        check=_check_listen_address,
+        apply=Apply.SOCKET,
+    ),
+    Setting(
+        key="server_port",
+        flags=("-s", "--server-port"),
+        metavar="SERVER_PORT",
+        help="Port to serve prometheus metrics on (i.e. HTTP Server Port)",
+        file_types=(int,),
+        check=partial(_check_int, low=1, high=65535),
+        apply=Apply.SOCKET,
+        from_flag=_integer,
+        original=True,
+    ),
+    Setting(
+        key="serve_ip_list",
+        flags=("--serve-ip-list",),
+        metavar=None,
+        help="Whether to serve a list of connected IP addresses on :[server_port]/list",
+        file_types=(bool,),
+        check=_check_bool,
+        original=True,
+    ),
+    Setting(
+        key="xdp_mode",
+        flags=("--xdp-mode",),
+        metavar="MODE",
+        help="How to attach: skb (generic XDP, works with every driver) or native (in the "
+        "driver, faster, needs driver support)",
+        file_types=(str,),
+        check=_check_xdp_mode,
+        apply=Apply.ATTACH,
+    ),
+    Setting(
+        key="max_entries",
+        flags=("--max-entries",),
+        metavar="N",
+        help="Capacity of the kernel map of (interface, source, protocol, port) entries; when "
+        "full, the least recently seen are evicted",
+        file_types=(int,),
+        check=partial(_check_int, low=1, high=MAX_ENTRIES_LIMIT),
+        apply=Apply.MAP,
+        from_flag=_integer,
+    ),
+    # Not in --help: shorter refresh cycles are for tests (the key is documented).
+    Setting(
+        key="refresh_interval",
+        flags=("--refresh-interval",),
+        metavar="SECONDS",
+        help=None,
+        file_types=(int,),
+        check=partial(_check_int, low=1),
+        from_flag=_integer,
+    ),
+    Setting(
+        key="pin_path",
+        flags=("--pin-path",),
+        metavar="DIR",
+        help="Keep the map of sources pinned in this bpffs directory, so that a restarted daemon "
+        "carries on with what was seen before; empty to disable",
+        file_types=(str,),
+        check=_check_pin_path,
+        apply=Apply.MAP,
+        show=lambda value: value or "off",
+    ),
+    Setting(
+        key="web_config_file",
+        flags=("--web.config.file",),
+        metavar="PATH",
+        help="Web configuration file (YAML, the Prometheus exporter-toolkit format) that turns on "
+        "TLS and/or basic authentication; re-read on SIGHUP",
+        file_types=(str,),
+        check=_check_web_config_file,
+        from_flag=_absolute_path,
+        show=lambda value: value or "none",
+    ),
+)
+
+SETTING_BY_KEY: Mapping[str, Setting] = MappingProxyType({s.key: s for s in SETTINGS})
+FILE_KEYS = tuple(SETTING_BY_KEY)
+# The flag that sets each key, for messages about defaults.
+FLAG_FOR_KEY = MappingProxyType({s.key: s.flag for s in SETTINGS})
+# The keys whose change needs a restart, in the order of Apply.
+RESTART_FIELDS = tuple(
+    s.key for s in sorted(SETTINGS, key=lambda s: list(Apply).index(s.apply)) if s.restart
+)
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything the daemon needs to know; checked on construction.
 
+    One field per Setting in SETTINGS (same name, same order), with its type and default.
     `origins` maps a field name to where its value came from ("argument -w/--window",
     "/etc/...: key 'window'"), for messages; fields not in it are named as defaults.
     """
@@ -333,8 +559,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "origins", MappingProxyType(dict(self.origins)))
-        for name, check in _FIELD_CHECKS.items():
-            check(getattr(self, name), self.origin(name))
+        for setting in SETTINGS:
+            setting.check(getattr(self, setting.key), self.origin(setting.key))
         if self.window % self.refresh_interval:
             blamed = "refresh_interval" if "refresh_interval" in self.origins else "window"
             raise ConfigError(
@@ -363,30 +589,19 @@ class Settings:
         )
 
 
-def _show(name: str, value: object) -> str:
-    if name == "web_config_file":
-        return str(value) or "none"
-    if name == "interfaces":
-        assert isinstance(value, tuple)
-        return ",".join(value)
-    return str(value)
+_SETTINGS_FIELDS = {declared.name: declared for declared in fields(Settings)}
 
 
 def diff(old: Settings, new: Settings) -> list[str]:
-    """One line per setting that differs, "window: 60 -> 120", in field order."""
+    """One line per setting that differs, "window: 60 -> 120", in declaration order."""
     changes: list[str] = []
-    for name in _FIELD_CHECKS:
-        before, after = getattr(old, name), getattr(new, name)
+    for setting in SETTINGS:
+        before, after = getattr(old, setting.key), getattr(new, setting.key)
         if before == after:
             continue
-        line = f"{name}: {_show(name, before)} -> {_show(name, after)}"
-        if name == "interfaces":
-            added = [i for i in after if i not in before]
-            removed = [i for i in before if i not in after]
-            details = [f"added {','.join(added)}"] if added else []
-            details += [f"removed {','.join(removed)}"] if removed else []
-            if details:
-                line += f" ({'; '.join(details)})"
+        line = f"{setting.key}: {setting.show(before)} -> {setting.show(after)}"
+        if setting.change_detail and (detail := setting.change_detail(before, after)):
+            line += f" ({detail})"
         changes.append(line)
     return changes
 
@@ -417,44 +632,16 @@ def validate_interfaces(
 # --------------------------------------------------------------------------------------------
 # The TOML file
 
-# TOML key -> the Python types it may have in the file (a bool is not an integer here).
-_FILE_TYPES: dict[str, tuple[type, ...]] = {
-    "interfaces": (list,),
-    "ports": (list,),
-    "window": (int,),
-    "listen_address": (str,),
-    "server_port": (int,),
-    "serve_ip_list": (bool,),
-    "xdp_mode": (str,),
-    "max_entries": (int,),
-    "refresh_interval": (int,),
-    "pin_path": (str,),
-    "web_config_file": (str,),
-}
-FILE_KEYS = tuple(_FILE_TYPES)
-
 _TYPE_NAMES = {list: "an array", int: "an integer", str: "a string", bool: "true or false"}
 
 
-def _file_value(key: str, value: object, where: str) -> object:
+def _file_value(setting: Setting, value: object, where: str) -> object:
     """A file value type-checked and converted to the Settings field's type."""
-    expected = _FILE_TYPES[key]
+    expected = setting.file_types
     if (isinstance(value, bool) and bool not in expected) or not isinstance(value, expected):
         wanted = " or ".join(_TYPE_NAMES[t] for t in expected)
         raise ConfigError(where, f"expected {wanted}, got {_describe_value(value)}")
-    if key == "ports":
-        assert isinstance(value, list)
-        return parse_ports(value, where)
-    if key == "interfaces":
-        assert isinstance(value, list)
-        for position, name in enumerate(value, start=1):
-            if not isinstance(name, str):
-                raise ConfigError(
-                    where,
-                    f"item {position}: expected an interface name, got {_describe_value(name)}",
-                )
-        return tuple(value)
-    return value
+    return setting.from_file(value, where)
 
 
 def load_file(path: Path) -> dict[str, Any]:
@@ -480,11 +667,12 @@ def load_file(path: Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in document.items():
         where = file_key(path, key)
-        if key not in _FILE_TYPES:
+        setting = SETTING_BY_KEY.get(key)
+        if setting is None:
             close = difflib.get_close_matches(key, FILE_KEYS, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise ConfigError(where, f"unknown key ({hint}known keys: {', '.join(FILE_KEYS)})")
-        values[key] = _file_value(key, value, where)
+        values[key] = _file_value(setting, value, where)
         # Each key is valid on its own, whatever flags may override it on this command line.
-        _FIELD_CHECKS[key](values[key], where)
+        setting.check(values[key], where)
     return values

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ import pytest
 from xdp_ip_counter.config import (
     FILE_KEYS,
     MAX_ENTRIES_LIMIT,
+    RESTART_FIELDS,
+    SETTINGS,
+    Apply,
     ConfigError,
     PortFilter,
     Settings,
@@ -132,6 +136,49 @@ def test_port_filter_refuses_impossible_sets(ports: set[int]) -> None:
 def test_port_filter_all_with_ports_is_impossible() -> None:
     with pytest.raises(ValueError):
         PortFilter(all_ports=True, ports=frozenset({22}))
+
+
+# ------------------------------------------------------------------------------------------
+# The declarations
+
+
+def test_one_declaration_per_settings_field_in_the_same_order() -> None:
+    names = [f.name for f in fields(Settings) if f.name not in ("config_path", "origins")]
+    assert [setting.key for setting in SETTINGS] == names
+    assert tuple(names) == FILE_KEYS
+
+
+def test_each_declaration_is_consistent() -> None:
+    flags = [flag for setting in SETTINGS for flag in setting.flags]
+    assert len(flags) == len(set(flags)), "a flag is declared twice"
+    for setting in SETTINGS:
+        # The default passes the setting's own check, and the key is named after the long flag
+        # ("Each setting has a key in the file named like its flag", says --help).
+        setting.check(setting.default, setting.key)
+        long_flag = setting.flags[-1]
+        assert long_flag.startswith("--"), setting.key
+        assert long_flag[2:].replace("-", "_").replace(".", "_") in (setting.key, "iface")
+        assert setting.file_types, setting.key
+    # The original tool's five flags, in their order.
+    originals = [setting.flag for setting in SETTINGS if setting.original]
+    assert originals == [
+        "-i/--iface",
+        "-p/--ports",
+        "-w/--window",
+        "-s/--server-port",
+        "--serve-ip-list",
+    ]
+
+
+def test_restart_fields_are_the_declared_ones_in_the_order_of_apply() -> None:
+    assert set(RESTART_FIELDS) == {s.key for s in SETTINGS if s.apply is not Apply.LIVE}
+    assert RESTART_FIELDS == (
+        "listen_address",
+        "server_port",
+        "max_entries",
+        "pin_path",
+        "xdp_mode",
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -391,6 +438,22 @@ def test_needs_restart_names_what_a_reload_cannot_apply() -> None:
         "server_port",
         "max_entries",
         "xdp_mode",
+    ]
+
+
+def test_a_changed_pin_path_needs_a_restart_and_shows_off_for_empty() -> None:
+    old, new = Settings(), Settings(pin_path="/sys/fs/bpf/x")
+    assert needs_restart(old, new) == ["pin_path"]
+    assert diff(old, new) == ["pin_path: off -> /sys/fs/bpf/x"]
+    assert diff(new, old) == ["pin_path: /sys/fs/bpf/x -> off"]
+
+
+def test_diff_names_interfaces_only_added_or_only_removed() -> None:
+    assert diff(Settings(interfaces=("lo",)), Settings(interfaces=("lo", "eth1"))) == [
+        "interfaces: lo -> lo,eth1 (added eth1)"
+    ]
+    assert diff(Settings(interfaces=("eth1", "lo")), Settings(interfaces=("lo", "eth1"))) == [
+        "interfaces: eth1,lo -> lo,eth1"
     ]
 
 
