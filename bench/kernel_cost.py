@@ -26,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.support import frames
 from xdp_ip_counter import bpf_syscall
 from xdp_ip_counter.bpf import BPF_F_NO_COMMON_LRU, DataPath, source_dir
 from xdp_ip_counter.clock import kernel_clock
 from xdp_ip_counter.config import PortFilter
 
-from . import fill, frames
+from . import fill
 from .stats import chunk_medians, ratios, summary
 
 XDP_PASS = 2
@@ -41,16 +42,16 @@ EMPTY_SOURCE = b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }"
 JIFFIES_CLOCK = "return (bpf_jiffies64() - CLOCK_JIFFY_ZERO) * CLOCK_TICK_NS;"
 
 CASES = {
-    "hot path IPv4": frames.v4("10.1.0.2", 53),
-    "hot path IPv6": frames.v6("fd00:1::2", 53),
-    "port filtered out": frames.v4("10.1.0.3", 8080),
-    "not IP (ARP)": frames.non_ip(),
-    "IPv6, 3 extension headers": frames.v6(
+    "hot path IPv4": frames.small_v4("10.1.0.2", 53),
+    "hot path IPv6": frames.small_v6("fd00:1::2", 53),
+    "port filtered out": frames.small_v4("10.1.0.3", 8080),
+    "not IP (ARP)": frames.arp_frame(),
+    "IPv6, 3 extension headers": frames.small_v6(
         "fd00:1::3",
         53,
-        (frames.IPPROTO_HOPOPTS, frames.IPPROTO_ROUTING, frames.IPPROTO_DSTOPTS),
+        (frames.hop_by_hop(), frames.routing(segments=0), frames.destination_options()),
     ),
-    "QinQ IPv4": frames.qinq_v4("10.1.0.4", 53),
+    "QinQ IPv4": frames.small_qinq_v4("10.1.0.4", 53),
 }
 HOT = "hot path IPv4"
 

@@ -32,11 +32,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.netns import VethLab, inside, veth_lab
 from xdp_ip_counter import bpf_syscall
 from xdp_ip_counter.bpf import BPF_F_NO_COMMON_LRU, DataPath
 from xdp_ip_counter.config import PortFilter
 
-from .netns import VethLab, inside, veth_lab
 from .stats import ratios, summary
 
 PORT = 5353

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .netns import veth_lab
+from tests.support.netns import veth_lab
+
 from .stats import summary
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,12 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from tests.support.frames import Frame, ipv4_mapped, ipv6_bytes
 from xdp_ip_counter import bpf_syscall
 from xdp_ip_counter.bpf import DataPath
 from xdp_ip_counter.clock import kernel_clock_ns
 from xdp_ip_counter.layout import OUTCOMES
-
-from .frames import Frame, ipv4_mapped, ipv6_bytes
 
 XDP_PASS = 2
 TCP = 6

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from .netns import Namespace, namespace_with_veths
+from tests.support.netns import Namespace, namespace_with_veths
+
 from .program import wait_for
 
 pytestmark = pytest.mark.root

@@ -20,6 +20,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.support import frames as f
 from xdp_ip_counter import bpf_syscall
 from xdp_ip_counter.bpf import DataPath
 from xdp_ip_counter.cache import CACHE_SLOT_DTYPE, cache_index
@@ -27,7 +28,6 @@ from xdp_ip_counter.clock import kernel_clock, kernel_clock_ns
 from xdp_ip_counter.config import PortFilter
 from xdp_ip_counter.layout import KEY_DTYPE, VALUE_DTYPE
 
-from . import frames as f
 from .program import CUTOFF_FAR_FUTURE, UDP, ProgramUnderTest, SourceKey, wait_for_clock_after
 
 pytestmark = pytest.mark.root

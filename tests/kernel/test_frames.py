@@ -7,7 +7,7 @@ from __future__ import annotations
 # collect, where importorskip would skip it silently, also under CI.
 import scapy.all as scapy_all
 
-from . import frames as f
+from tests.support import frames as f
 
 
 def _dissect(frame: f.Frame):

@@ -39,13 +39,13 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conftest import env_int
+from tests.support import frames as f
+from tests.support.netns import CLONE_NEWNET, Namespace, namespace_with_veths
 from xdp_ip_counter import bpf_syscall
 from xdp_ip_counter.bpf import DataPath
 from xdp_ip_counter.config import PortFilter
 from xdp_ip_counter.layout import OUTCOMES
 
-from . import frames as f
-from .netns import CLONE_NEWNET, Namespace, namespace_with_veths
 from .program import CUTOFF_FAR_FUTURE, TCP, UDP, XDP_PASS
 
 DEFAULT_FRAMES = 20_000

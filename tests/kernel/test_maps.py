@@ -9,11 +9,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support import frames as f
 from xdp_ip_counter.bpf import BPF_F_NO_COMMON_LRU, DataPath
 from xdp_ip_counter.clock import kernel_clock_ns
 from xdp_ip_counter.config import PortFilter
 
-from . import frames as f
 from .conftest import CAPACITY
 from .program import UDP, ProgramUnderTest, only, wait_for_clock_after
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import frames as f
+from tests.support.netns import namespace_with_veths
 from xdp_ip_counter import bpf_syscall
 
-from . import frames as f
-from .netns import namespace_with_veths
 from .program import TCP, UDP, XDP_PASS, ProgramUnderTest, only, wait_for_clock_after
 
 pytestmark = pytest.mark.root

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support import frames as f
 from xdp_ip_counter.config import PortFilter
 
-from . import frames as f
 from .program import UDP, ProgramUnderTest
 
 pytestmark = pytest.mark.root

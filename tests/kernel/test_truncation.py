@@ -9,7 +9,8 @@ from typing import NamedTuple
 
 import pytest
 
-from . import frames as f
+from tests.support import frames as f
+
 from .program import TCP, UDP, ProgramUnderTest, SourceKey
 
 pytestmark = pytest.mark.root

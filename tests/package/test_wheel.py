@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from tests.kernel.netns import namespace_with_veths
+from tests.support.netns import namespace_with_veths
 
 from .deb import REPO
 

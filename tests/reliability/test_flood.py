@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from e2e.conftest import DaemonProcess, Lab, ip, wait_for
-from kernel.frames import v4_udp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import env_int
+from tests.support.frames import v4_udp
 from xdp_ip_counter import bpf_syscall
 from xdp_ip_counter.config import Settings
 from xdp_ip_counter.http import LIST_CHUNK_ROWS, MAX_LIST_RENDERS, list_json_chunks

@@ -2,11 +2,12 @@
 
 struct rather than scapy: the tests need frames scapy would "fix" (IHL 3, version 5, a total
 length shorter than the header, nine extension headers), and every offset must be known exactly
-to compute where the L4 header ends. test_frames.py checks the well-formed ones against scapy's
-dissectors so that the builder itself is not a blind spot.
+to compute where the L4 header ends. tests/kernel/test_frames.py checks the well-formed ones
+against scapy's dissectors so that the builder itself is not a blind spot.
 
 Every builder returns bytes; `Frame` carries a frame together with the facts a test asserts on
-(where the L4 header ends, the IP length the program should count).
+(where the L4 header ends, the IP length the program should count). The tests and the benchmarks
+(bench/kernel_cost.py: the small frames at the end) build their frames here.
 """
 
 from __future__ import annotations
@@ -342,3 +343,36 @@ def authentication(icv_words: int = 3) -> tuple[int, bytes]:
 def pad_to(frame: bytes, size: int) -> bytes:
     """Ethernet padding (trailer bytes after the IP packet) up to size."""
     return frame + bytes(max(size - len(frame), 0))
+
+
+# -- small frames (the benchmarks): well-formed UDP, 64 bytes on the wire for IPv4 ---------------
+
+SMALL_PAYLOAD = bytes(18)  # UDP payload of a minimum-size IPv4 frame (60 bytes + the FCS)
+DONT_FRAGMENT = 0x4000
+
+
+def small_v4(src: str, dport: int, vlans: tuple[tuple[int, int], ...] = ()) -> bytes:
+    """IPv4/UDP from src to dport (DF set, as hosts send it)."""
+    segment = udp(dport, payload=SMALL_PAYLOAD)
+    packet = ipv4(src, "10.255.0.1", IPPROTO_UDP, segment, flags_fragment=DONT_FRAGMENT)
+    return ethernet(ETH_P_IP, packet, vlans)
+
+
+def small_v6(src: str, dport: int, extensions: tuple[tuple[int, bytes], ...] = ()) -> bytes:
+    """IPv6/UDP from src to dport, after the given extension headers (hop_by_hop() ...)."""
+    return v6_udp(src, dport, payload=SMALL_PAYLOAD, extensions=extensions).data
+
+
+def small_qinq_v4(src: str, dport: int) -> bytes:
+    """small_v4 inside an 802.1ad tag and an 802.1Q tag."""
+    return small_v4(src, dport, vlans=((ETH_P_8021AD, 100), (ETH_P_8021Q, 200)))
+
+
+def arp_frame() -> bytes:
+    return ethernet(ETH_P_ARP, arp_request())
+
+
+def distinct_v4(count: int, first: str = "10.128.0.0", dport: int = 53) -> list[bytes]:
+    """count frames from consecutive IPv4 sources: a new key for every frame."""
+    base = int(ipaddress.IPv4Address(first))
+    return [small_v4(str(ipaddress.IPv4Address(base + n)), dport) for n in range(count)]
