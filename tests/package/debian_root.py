@@ -37,6 +37,7 @@ deb {MIRROR} {SUITE} main
 deb {MIRROR} {SUITE}-updates main
 deb http://deb.debian.org/debian-security {SUITE}-security main
 """
+LOCAL_CA_DIR = "/usr/local/share/ca-certificates"  # update-ca-certificates(8) adds these
 POLICY_RC = "#!/bin/sh\n# no service starts inside the test root\nexit 101\n"
 CHROOT_ENV = (
     "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
@@ -200,8 +201,19 @@ def debian_root(work_dir: Path) -> Iterator[DebianRoot]:
         subprocess.run(
             ["tar", "--numeric-owner", "-C", str(root_path), "-xpf", str(tarball)], check=True
         )
+        root = DebianRoot(root_path, archives_cache)
+        # The host's network as it is: its resolver, and the certificate authorities it was
+        # given locally (a site's TLS-inspecting proxy, say), so that pip reaches PyPI there
+        # as it does here.
         shutil.copy2("/etc/resolv.conf", root_path / "etc/resolv.conf")
-        yield DebianRoot(root_path, archives_cache)
+        local_cas = sorted(Path(LOCAL_CA_DIR).glob("**/*.crt"))
+        for certificate in local_cas:
+            target = root_path / LOCAL_CA_DIR.lstrip("/") / certificate.relative_to(LOCAL_CA_DIR)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(certificate, target)
+        if local_cas:
+            root.run("update-ca-certificates")
+        yield root
     finally:
         leftover = mounts_under(root_path)
         if leftover:  # never delete through a mount point
