@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.netns import ip, namespace
+
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = "/usr/bin/python3"
 SEND = Path(__file__).with_name("send.py")
@@ -39,10 +41,6 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, step: f
             return last
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
-def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
 
 
 @dataclass
@@ -99,35 +97,25 @@ def lab(require_root) -> Iterator[Lab]:
                 client_v6=[f"fd7a:{octet}:{i}::{n}" for n in (11, 12, 13)],
             )
         )
-    ip("netns", "add", ns)
-    try:
-        for link in links:
-            ip(
-                "link",
-                "add",
-                link.host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                link.client_if,
-                "netns",
-                ns,
-            )
-            ip("addr", "add", f"{link.host_v4}/24", "dev", link.host_if)
-            ip("-6", "addr", "add", f"{link.host_v6}/64", "dev", link.host_if, "nodad")
-            ip("link", "set", link.host_if, "up")
-            for addr in link.client_v4:
-                ip("-n", ns, "addr", "add", f"{addr}/24", "dev", link.client_if)
-            for addr in link.client_v6:
-                ip("-n", ns, "-6", "addr", "add", f"{addr}/64", "dev", link.client_if, "nodad")
-            ip("-n", ns, "link", "set", link.client_if, "up")
-        ip("-n", ns, "link", "set", "lo", "up")
-        yield Lab(ns=ns, links=links)
-    finally:
-        for link in links:
-            ip("link", "del", link.host_if, check=False)
-        ip("netns", "del", ns, check=False)
+    # The host ends live in the root namespace (the daemon attaches there): deleted here too,
+    # although the namespace's deletion takes them with their peers.
+    with namespace(ns):
+        try:
+            for link in links:
+                ip("link", "add", link.host_if, "type", "veth",
+                   "peer", "name", link.client_if, "netns", ns)  # fmt: skip
+                ip("addr", "add", f"{link.host_v4}/24", "dev", link.host_if)
+                ip("-6", "addr", "add", f"{link.host_v6}/64", "dev", link.host_if, "nodad")
+                ip("link", "set", link.host_if, "up")
+                for addr in link.client_v4:
+                    ip("-n", ns, "addr", "add", f"{addr}/24", "dev", link.client_if)
+                for addr in link.client_v6:
+                    ip("-n", ns, "-6", "addr", "add", f"{addr}/64", "dev", link.client_if, "nodad")
+                ip("-n", ns, "link", "set", link.client_if, "up")
+            yield Lab(ns=ns, links=links)
+        finally:
+            for link in links:
+                ip("link", "del", link.host_if, check=False)
 
 
 def free_port() -> int:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.netns import namespace
+
 from .deb import REPO
 
 DEV = REPO / "dev"
@@ -46,19 +48,8 @@ def test_dev_test_fails_when_pytest_collects_nothing() -> None:
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A network namespace with a veth pair, both ends inside; removed whatever happens."""
-    name = f"xic-dev-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for command in (
-            ["link", "add", HOST_IF, "type", "veth", "peer", "name", PEER_IF],
-            ["link", "set", HOST_IF, "up"],
-            ["link", "set", PEER_IF, "up"],
-            ["link", "set", "lo", "up"],
-        ):
-            subprocess.run(["ip", "-n", name, *command], check=True, capture_output=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+    with namespace(f"xic-dev-{os.getpid()}", [(HOST_IF, PEER_IF)]) as created:
+        yield created.name
 
 
 @pytest.mark.root

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.netns import namespace
+
 from .deb import REPO
 
 pytestmark = pytest.mark.root
@@ -136,21 +138,9 @@ class SandboxedDaemon:
 @pytest.fixture
 def netns() -> Iterator[str]:
     """A network namespace with a veth pair, both ends inside; removed whatever happens."""
-    name = f"xic-hardening-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for command in (
-            ["link", "add", HOST_IF, "type", "veth", "peer", "name", PEER_IF],
-            ["addr", "add", "10.231.0.1/24", "dev", HOST_IF],
-            ["addr", "add", "10.231.0.2/24", "dev", PEER_IF],
-            ["link", "set", HOST_IF, "up"],
-            ["link", "set", PEER_IF, "up"],
-            ["link", "set", "lo", "up"],
-        ):
-            subprocess.run(["ip", "-n", name, *command], check=True, capture_output=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+    addresses = {HOST_IF: ["10.231.0.1/24"], PEER_IF: ["10.231.0.2/24"]}
+    with namespace(f"xic-hardening-{os.getpid()}", [(HOST_IF, PEER_IF)], addresses) as created:
+        yield created.name
 
 
 def in_sandbox(
