@@ -103,9 +103,8 @@ def run(config: dict) -> dict:
         serve_ip_list=True,
         listen_address="127.0.0.1",
     )
-    daemon = Daemon(settings, lambda: settings)
-    daemon._datapath = datapath  # the daemon's own refresh, over our data path
-    daemon._ifnames = {IFINDEX: "lo"}
+    # The daemon's own refresh, over our data path, naming the interface of the filled entries.
+    daemon = Daemon(settings, lambda: settings, datapath=datapath, interface_names={IFINDEX: "lo"})
     server = MetricsServer.bind("127.0.0.1", 0, daemon.current_view)
     try:
         datapath.set_ports(settings.ports)

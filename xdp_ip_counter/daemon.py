@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -109,8 +109,16 @@ class _Signals:
 
 
 class Daemon:
-    """The service. `datapath` is one made already (tests hand in a fake), else start() makes
-    it; `wall_time` is the clock that dates reloads (time.time)."""
+    """The service. Its collaborators may be handed in made already (tests and the benchmark
+    do), else start() makes them:
+
+    - `datapath`: the loaded program (else start() compiles one);
+    - `server`: the HTTP server, serving current_view() (else start() binds one to the listen
+      address); start() gives it the web configuration and starts it, close() closes it;
+    - `interface_names`: ifindex -> name for entries of interfaces not attached by this daemon
+      (a map filled by a benchmark); start() and reloads add each interface they attach;
+    - `wall_time`: the clock that dates reloads (time.time).
+    """
 
     def __init__(
         self,
@@ -118,6 +126,8 @@ class Daemon:
         reload_settings: Callable[[], Settings],
         *,
         datapath: DataPath | None = None,
+        server: MetricsServer | None = None,
+        interface_names: Mapping[int, str] | None = None,
         wall_time: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -128,8 +138,8 @@ class Daemon:
         self._wake = threading.Event()
         self._signals = _Signals()
         self._datapath = datapath
-        self._server: MetricsServer | None = None
-        self._ifnames: dict[int, str] = {}
+        self._server = server
+        self._ifnames: dict[int, str] = dict(interface_names or {})
         self._view: View | None = None
         self._refresh_failures = 0
         self._evictions = EvictionCount()
@@ -140,7 +150,12 @@ class Daemon:
         self._hang_file = os.environ.get("XDP_IP_COUNTER_TEST_HANG_FILE")
 
     @property
-    def _reload_ok(self) -> bool:
+    def _reload_ok(self) -> bool:  # until tests/unit/test_webconfig.py reads reload_successful
+        return self.reload_successful
+
+    @property
+    def reload_successful(self) -> bool:
+        """False from a refused reload until a good one (the reload metric and STATUS= say so)."""
         return self._rejected_reload is None
 
     # -- start-up ---------------------------------------------------------------------------
@@ -151,9 +166,12 @@ class Daemon:
         s = self.settings
         validate_interfaces(s)
         web = self._web_config(s)
-        self._server = MetricsServer.bind(
-            s.listen_address, s.server_port, self.current_view, web_config=web
-        )
+        if self._server is None:
+            self._server = MetricsServer.bind(
+                s.listen_address, s.server_port, self.current_view, web_config=web
+            )
+        else:
+            self._server.set_web_config(web)
         if self._datapath is None:
             self._datapath = DataPath(s.max_entries)
         if s.pin_path:
@@ -248,7 +266,7 @@ class Daemon:
             last_refresh_time=wall,
             refresh_duration=time.monotonic() - started,
             refresh_failures=self._refresh_failures,
-            reload_successful=self._reload_ok,
+            reload_successful=self.reload_successful,
             reload_time=self._reload_time,
             evictions=evictions,
         )

@@ -159,6 +159,7 @@ def test_a_rejected_reload_is_in_status_until_a_good_one(
     )
     # the configuration in use is the previous one
     assert reloadable.settings.window == 60
+    assert not reloadable.reload_successful
 
     # another rejected reload: its own reason replaces the first one's
     config_file.write_text('interfaces = ["nosuch0"]\nwindow = 60\nrefresh_interval = 60\n')
@@ -172,6 +173,7 @@ def test_a_rejected_reload_is_in_status_until_a_good_one(
     reloadable.reload()
     assert receive_reload(notify_socket) == f"READY=1\nSTATUS={WATCHING}"
     assert notify_socket.nothing_queued()
+    assert reloadable.reload_successful
 
 
 def test_every_status_update_names_the_rejected_reload(
