@@ -8,7 +8,6 @@ refresh loop, so a stuck loop stops the pings and systemd restarts the service.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -146,8 +145,6 @@ class Daemon:
         self._reload_time = wall_time()
         # The last reload, if it was refused: STATUS= and the reload metric say so.
         self._rejected_reload: RejectedReload | None = None
-        # Test hook: while this file exists, a refresh blocks (a stuck loop, for the watchdog).
-        self._hang_file = os.environ.get("XDP_IP_COUNTER_TEST_HANG_FILE")
 
     @property
     def _reload_ok(self) -> bool:  # until tests/unit/test_webconfig.py reads reload_successful
@@ -224,8 +221,6 @@ class Daemon:
         """Snapshot the kernel maps, compute the active set, expire what left the window."""
         assert self._datapath is not None
         started = time.monotonic()
-        while self._hang_file and os.path.exists(self._hang_file):
-            time.sleep(0.1)
         try:
             # Stats first: an insert between the two reads is then in the map but not yet in
             # recorded_new, which EvictionCount tolerates (it never over-counts).
@@ -399,10 +394,16 @@ class Daemon:
         threading.excepthook = on_thread_death
 
 
-def run(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> int:
-    """Run the daemon until SIGTERM/SIGINT; returns the process exit code."""
+def run(
+    settings: Settings,
+    reload_settings: Callable[[], Settings] | None = None,
+    *,
+    datapath: DataPath | None = None,
+) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns the process exit code. `datapath`: a data
+    path made already (see Daemon), such as a test's stuck one."""
     memory.return_large_frees_to_the_kernel()
-    daemon = Daemon(settings, reload_settings or (lambda: settings))
+    daemon = Daemon(settings, reload_settings or (lambda: settings), datapath=datapath)
     daemon.install_handlers()
     try:
         daemon.start()

@@ -19,6 +19,7 @@ from .conftest import DaemonProcess, Lab, active_users, ip, wait_for
 pytestmark = pytest.mark.root
 
 FAST = {"window": 10, "refresh_interval": 1, "serve_ip_list": True}
+STUCK_REFRESH = Path(__file__).with_name("stuck_refresh.py")
 
 
 def xdp_attached(ifname: str) -> bool:
@@ -274,13 +275,16 @@ def test_systemd_notifications(lab: Lab, start_daemon) -> None:
 
 def test_a_stuck_refresh_loop_stops_the_watchdog(lab: Lab, start_daemon, tmp_path) -> None:
     """The pings come from the loop that does the work: while a refresh hangs they stop (so
-    systemd would restart the service), though the HTTP server still answers."""
+    systemd would restart the service), though the HTTP server still answers. The daemon runs
+    with a data path whose reads block while a file exists (a stuck collaborator, handed in
+    through daemon.run by tests/e2e/stuck_refresh.py)."""
     a, _ = lab.links
     hang = tmp_path / "hang"
     daemon = start_daemon(
         interfaces=[a.host_if],
         ports=[22],
-        env={"WATCHDOG_USEC": 1_000_000, "XDP_IP_COUNTER_TEST_HANG_FILE": hang},
+        env={"WATCHDOG_USEC": 1_000_000},
+        prefix=(str(STUCK_REFRESH), str(hang), "--"),
         **FAST,
     )
     daemon.wait_notification("WATCHDOG=1", 5)
