@@ -8,9 +8,10 @@ BPF_PROG_TEST_RUN runs the program on the calling CPU, and the per-CPU cache and
 BPF_F_NO_COMMON_LRU) the per-CPU LRU lists are then those of one CPU, as for one RX queue.
 
 Steps (hot path, IPv4): empty program; parsing + port filter + outcome counter; + an LRU-hash
-lookup and update per frame with the coarse clock (the program's first version,
-bench/programs/lru_per_packet.c); + the per-CPU cache, still calling the coarse clock per frame;
-the project's program (the cache, stamped with jiffies).
+lookup and update per frame with the coarse clock (the program's first version, the baseline);
++ the per-CPU cache, still calling the coarse clock per frame; the project's program (the cache,
+stamped with jiffies). Every step is bpf/xdp_ip_counter.c itself, built with the -D switches of
+its "benchmark steps" (STEPS below), so the steps parse with the program's own code.
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -37,9 +36,13 @@ from .stats import chunk_medians, ratios, summary
 
 XDP_PASS = 2
 WATCHED = frozenset({22, 53, 443})
-PROGRAMS = Path(__file__).resolve().parent / "programs"
 EMPTY_SOURCE = b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }"
-JIFFIES_CLOCK = "return (bpf_jiffies64() - CLOCK_JIFFY_ZERO) * CLOCK_TICK_NS;"
+# The steps before the project's program: the -D switches bpf/xdp_ip_counter.c builds them with.
+STEPS = {
+    "parse + port filter + counter": {"PARSE_ONLY": "1"},
+    "LRU hash per frame (first version)": {"NO_CACHE": "1", "COARSE_CLOCK": "1"},
+    "cache + coarse clock helper": {"COARSE_CLOCK": "1"},
+}
 
 CASES = {
     "hot path IPv4": frames.small_v4("10.1.0.2", 53),
@@ -86,12 +89,13 @@ class Program:
     sources_fd: int | None = None  # its sources map, when it has one
 
 
-def _bcc_program(path: Path, defines: dict[str, str], keep: list) -> tuple[int, int]:
+def _bcc_program(defines: dict[str, str], keep: list) -> tuple[int, int]:
+    """bpf/xdp_ip_counter.c built with defines: (program fd, sources map fd)."""
     from bcc import BPF  # noqa: PLC0415 - bcc only where it is needed
 
     cflags = [f"-I{source_dir()}", "-Wno-unused-function"]
     cflags += [f"-D{name}={value}" for name, value in defines.items()]
-    bpf = BPF(src_file=str(path).encode(), cflags=cflags)
+    bpf = BPF(src_file=str(source_dir() / "xdp_ip_counter.c").encode(), cflags=cflags)
     fd = bpf.load_func(b"xdp_ip_counter", BPF.XDP).fd
     leaf = bpf[b"port_filter"].Leaf()
     for port in WATCHED:
@@ -99,17 +103,6 @@ def _bcc_program(path: Path, defines: dict[str, str], keep: list) -> tuple[int, 
     bpf[b"port_filter"][ctypes.c_int(0)] = leaf
     keep.append(bpf)
     return fd, bpf[b"sources"].get_fd()
-
-
-def _coarse_clock_source(directory: Path) -> Path:
-    """The project's program with its clock swapped for bpf_ktime_get_coarse_ns(): the cache
-    step before jiffies."""
-    text = (source_dir() / "xdp_ip_counter.c").read_text()
-    if JIFFIES_CLOCK not in text:
-        raise RuntimeError("bpf/xdp_ip_counter.c: clock_now() changed; update bench/kernel_cost.py")
-    path = directory / "cache_coarse_clock.c"
-    path.write_text(text.replace(JIFFIES_CLOCK, "return bpf_ktime_get_coarse_ns();"))
-    return path
 
 
 @contextmanager
@@ -193,7 +186,7 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict:
     }
     datapaths: list[DataPath] = []
     result: dict = {"config": config.__dict__ | {"fills": list(config.fills)}}
-    with tempfile.TemporaryDirectory(prefix="xic-bench-") as scratch, _pinned(config.cpu) as cpu:
+    with _pinned(config.cpu) as cpu:
         result["cpu"] = cpu
         log(f"kernel: compiling the contenders (capacity {config.capacity})")
         empty_bpf = BPF(text=EMPTY_SOURCE)
@@ -206,18 +199,12 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict:
         no_common = DataPath(config.capacity, lru_flags=BPF_F_NO_COMMON_LRU)
         datapaths.append(no_common)
         no_common.set_ports(PortFilter(all_ports=False, ports=WATCHED))
-        parse_fd, _ = _bcc_program(
-            PROGRAMS / "lru_per_packet.c", defines | {"PARSE_ONLY": "1"}, keep
-        )
-        lru_fd, lru_sources = _bcc_program(PROGRAMS / "lru_per_packet.c", defines, keep)
-        coarse_fd, _ = _bcc_program(_coarse_clock_source(Path(scratch)), defines, keep)
+        programs = {
+            name: Program(name, *_bcc_program(defines | switches, keep))
+            for name, switches in STEPS.items()
+        }
         try:
-            programs = {
-                "parse + port filter + counter": Program("parse + port filter + counter", parse_fd),
-                "LRU hash per frame (first version)": Program(
-                    "LRU hash per frame (first version)", lru_fd, lru_sources
-                ),
-                "cache + coarse clock helper": Program("cache + coarse clock helper", coarse_fd),
+            programs |= {
                 "project": Program("project", project.prog_fd, project.sources_fd),
                 "project, BPF_F_NO_COMMON_LRU": Program(
                     "project, BPF_F_NO_COMMON_LRU", no_common.prog_fd, no_common.sources_fd

@@ -1,7 +1,9 @@
 /* Cursor-style header parsers for xdp_ip_counter.c, after xdp-tools' parsing_helpers.h.
  *
  * Every parser checks bounds before it reads, advances the cursor past the header it parsed and
- * returns either the next protocol (>= 0) or a negative PARSE_* verdict. Loops are bounded.
+ * returns either the next protocol (>= 0) or a negative PARSE_* verdict. Loops are bounded. A
+ * protocol not parsed further (ESP, No Next Header, ICMP, ...) is returned as its number, for
+ * the caller to count as it sees fit.
  * Only UAPI structures are used, so any kernel's headers compile this.
  */
 #ifndef XDP_IP_COUNTER_PARSING_H
@@ -22,7 +24,6 @@
 #define PARSE_MALFORMED -1 /* truncated, or a header that contradicts itself */
 #define PARSE_TOO_DEEP -2  /* more VLAN tags or extension headers than we walk */
 #define PARSE_FRAGMENT -3  /* a non-first fragment: no L4 header in it */
-#define PARSE_OTHER -4     /* a protocol we do not parse further (ESP, No Next Header, ...) */
 
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define net16(x) __builtin_bswap16(x)

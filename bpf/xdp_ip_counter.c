@@ -4,8 +4,17 @@
  * Compiled by bcc at start-up with these -D settings from the daemon:
  *   MAX_ENTRIES  capacity of the sources LRU hash
  *   LRU_FLAGS    map flags for it (0, or BPF_F_NO_COMMON_LRU)
- *   CACHE_BITS   log2 of the slots per CPU of the cache of recently seen keys (default 10)
- *   CLOCK_JIFFY_ZERO, CLOCK_TICK_NS   the clock (below), calibrated by xdp_ip_counter/bpf.py
+ *   CLOCK_JIFFY_ZERO, CLOCK_TICK_NS   the clock (below), calibrated by xdp_ip_counter/clock.py
+ * The daemon does not pass CACHE_BITS, log2 of the slots per CPU of the cache of recently seen
+ * keys: it is 10 unless a build sets it, and userspace reads the slot count from the map.
+ *
+ * Benchmark steps (bench/kernel_cost.py), never set by the daemon: the program as it was before
+ * each of its optimisations, so that the benchmark's baselines parse with this code.
+ *   COARSE_CLOCK  clock_now() calls bpf_ktime_get_coarse_ns() instead of reading jiffies
+ *   NO_CACHE      no per-CPU cache: every recorded frame is an LRU-hash lookup and in-place
+ *                 update, an insert for a new key (with COARSE_CLOCK: the program's first
+ *                 version, the benchmark's baseline)
+ *   PARSE_ONLY    parse, filter and count the outcome, but record nothing
  */
 #include <uapi/linux/bpf.h>
 #include "parsing.h"
@@ -58,16 +67,23 @@ enum outcome {
 
 /* The clock of first/last seen: CLOCK_MONOTONIC at the start of the current jiffy. The kernel
  * starts jiffies at multiples of the tick in CLOCK_MONOTONIC, so jiffy j began at
- * (j - CLOCK_JIFFY_ZERO) * CLOCK_TICK_NS; userspace reads jiffies the same way (bpf.py
+ * (j - CLOCK_JIFFY_ZERO) * CLOCK_TICK_NS; userspace reads jiffies the same way (clock.py
  * KernelClock). bpf_jiffies64() is inlined by the verifier, unlike bpf_ktime_get_coarse_ns(),
  * whose helper call costs as much as the rest of the hot path. */
+#ifdef COARSE_CLOCK
+static __always_inline __u64 clock_now(void)
+{
+    return bpf_ktime_get_coarse_ns();
+}
+#else
 #if !defined(CLOCK_JIFFY_ZERO) || !defined(CLOCK_TICK_NS)
-#error "CLOCK_JIFFY_ZERO and CLOCK_TICK_NS must be defined (xdp_ip_counter.bpf calibrates them)"
+#error "CLOCK_JIFFY_ZERO and CLOCK_TICK_NS must be defined (xdp_ip_counter.clock calibrates them)"
 #endif
 static __always_inline __u64 clock_now(void)
 {
     return (bpf_jiffies64() - CLOCK_JIFFY_ZERO) * CLOCK_TICK_NS;
 }
+#endif
 
 BPF_F_TABLE("lru_hash", struct source_key, struct source_value, sources, MAX_ENTRIES, LRU_FLAGS);
 BPF_ARRAY(port_filter, struct port_filter, 1);
@@ -88,8 +104,6 @@ static __always_inline int verdict_outcome(int verdict)
         return OUTCOME_TOO_DEEP;
     case PARSE_FRAGMENT:
         return OUTCOME_FRAGMENT;
-    case PARSE_OTHER:
-        return OUTCOME_OTHER_PROTOCOL;
     default:
         return OUTCOME_MALFORMED;
     }
@@ -120,8 +134,9 @@ static __always_inline int port_watched(__u16 port)
  *   the map has not seen (pending counts are all from the tick in slot->stamp, and that tick
  *   was written to last_seen when the slot was stamped).
  * - packets and bytes = the map's value + the pending counts of the slots holding that key on
- *   every CPU. DataPath.read_sources() adds them (seq below makes that read consistent), and
- *   DataPath.close() moves them into the map.
+ *   every CPU. SourceCache.read_sources() (xdp_ip_counter/cache.py) adds them (seq below makes
+ *   that read consistent), and SourceCache.flush(), once DataPath.close() has detached the
+ *   program, moves them into the map.
  * - Pending counts belong to an entry only if that entry existed at their tick:
  *   entry.first_seen <= slot->stamp. Counts of an entry that was removed (expired, or evicted
  *   by the LRU) are therefore never added to a later entry of the same key. When their entry
@@ -136,7 +151,7 @@ static __always_inline int port_watched(__u16 port)
 #define HOLD_NS 1000000000ULL
 
 /* One slot of the per-CPU cache. The field order is part of the protocol with the reader
- * (DataPath.read_sources), which copies a slot in ascending address order: the counts first,
+ * (SourceCache.read_sources), which copies a slot in ascending address order: the counts first,
  * the key after them, seq last. */
 struct cache_slot {
     __u64 packets;          /* pending: counted here, not yet in the sources map */
@@ -149,7 +164,7 @@ struct cache_slot {
 BPF_PERCPU_ARRAY(source_cache, struct cache_slot, CACHE_SLOTS);
 
 /* Slot of a key: three multiply-xor rounds over its 64-bit words, top CACHE_BITS bits.
- * Mirrored in xdp_ip_counter/bpf.py (cache_index); a kernel test checks the two agree. */
+ * Mirrored in xdp_ip_counter/cache.py (cache_index); a kernel test checks the two agree. */
 static __always_inline __u32 cache_index(const struct source_key *key)
 {
     const __u64 *word = (const __u64 *)key;
@@ -212,6 +227,12 @@ static __always_inline int settle(struct cache_slot *slot, __u64 now)
     return 1;
 }
 
+#ifdef NO_CACHE
+static __always_inline int record(struct source_key *key, __u32 ip_len)
+{
+    return count(record_in_map(key, ip_len, clock_now()));
+}
+#else
 static __always_inline int record(struct source_key *key, __u32 ip_len)
 {
     __u64 now = clock_now();
@@ -235,6 +256,7 @@ static __always_inline int record(struct source_key *key, __u32 ip_len)
     }
     return count(outcome);
 }
+#endif /* NO_CACHE */
 
 int xdp_ip_counter(struct xdp_md *ctx)
 {
@@ -290,5 +312,9 @@ int xdp_ip_counter(struct xdp_md *ctx)
     key.ifindex = ctx->ingress_ifindex;
     key.port = port;
     key.proto = l4proto;
+#ifdef PARSE_ONLY
+    return count(OUTCOME_RECORDED);
+#else
     return record(&key, ip_len);
+#endif
 }
