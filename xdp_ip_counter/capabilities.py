@@ -55,11 +55,6 @@ def _get() -> tuple[int, int]:
     return effective, permitted
 
 
-def current() -> tuple[int, int]:
-    """(effective, permitted) capability bit masks of this thread."""
-    return _get()
-
-
 def keep_only(capabilities: tuple[int, ...] = KEPT_AFTER_START) -> int:
     """Reduce this process's capabilities to those given (of those it has); returns the mask
     kept. Never raises: a failure is logged and the process keeps what it had."""
