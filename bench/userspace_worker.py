@@ -23,7 +23,7 @@ from pathlib import Path
 from xdp_ip_counter.bpf import DataPath
 from xdp_ip_counter.config import PortFilter, Settings
 from xdp_ip_counter.daemon import Daemon
-from xdp_ip_counter.http import MetricsServer
+from xdp_ip_counter.routes import MetricsServer
 from xdp_ip_counter.window import Snapshot, active_set, stale_keys
 
 from . import fill

@@ -19,11 +19,12 @@ from pathlib import Path
 from . import __version__, capabilities, memory
 from .bpf import AttachError, CompileError, DataPath
 from .config import ConfigError, Settings, diff, needs_restart, validate_interfaces
-from .http import ListenError, MetricsServer
 from .metrics import View
 from .pinning import PinError, restore_and_pin
+from .routes import MetricsServer
 from .systemd import Notifier
-from .webconfig import NO_WEB_CONFIG, WebConfig, load_web_config
+from .web.config import NO_WEB_CONFIG, WebConfig, load_web_config
+from .web.server import ListenError
 from .window import Snapshot, active_set, stale_keys
 
 log = logging.getLogger("xdp_ip_counter")

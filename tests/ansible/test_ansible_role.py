@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import require
 from xdp_ip_counter.config import Settings, load_file
-from xdp_ip_counter.webconfig import load_web_config
+from xdp_ip_counter.web.config import load_web_config
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"

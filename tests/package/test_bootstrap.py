@@ -226,7 +226,7 @@ def test_every_module_a_test_imports_is_bootstrapped() -> None:
     files = python_files()
     local = LOCAL_MODULES | {path.stem for path in files} | {path.parent.name for path in files}
     modules: set[str] = set()
-    for path in [*python_files(), *sorted((REPO / "xdp_ip_counter").glob("*.py"))]:
+    for path in [*python_files(), *sorted((REPO / "xdp_ip_counter").rglob("*.py"))]:
         modules |= third_party(imports_in(path.read_text()), local)
     assert {"bcc", "pytest", "numpy", "prometheus_client"} <= modules, modules
     origins = {}

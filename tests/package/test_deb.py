@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 
 import xdp_ip_counter
-from xdp_ip_counter.webconfig import OPTIONAL_MODULES
+from xdp_ip_counter.web.config import OPTIONAL_MODULES
 
 from .deb import REPO, BuiltDeb
 
@@ -114,7 +114,7 @@ def test_every_imported_library_is_a_dependency(built_deb: BuiltDeb) -> None:
         elif distributions & web_extra:
             assert package in package_names(recommends), f"{name}: {package} not in {recommends}"
             assert package not in package_names(depends), f"{name} is optional: {depends}"
-            assert OPTIONAL_MODULES[name][1] == package, f"webconfig names {name}'s package"
+            assert OPTIONAL_MODULES[name][1] == package, f"web/config.py names {name}'s package"
         else:
             assert distributions & declared, f"imports {name} ({distributions}): not in pyproject"
             assert package in package_names(depends), f"imports {name}, from {package}: {depends}"
@@ -136,9 +136,10 @@ def test_deb_installs_program_module_bpf_source_unit_and_config(built_deb: Built
         "/usr/share/doc/xdp-ip-counter/README.md",
     }
     assert expected <= paths, f"missing from the .deb: {sorted(expected - paths)}"
-    # Every module of the checkout is shipped.
-    for module in sorted((REPO / "xdp_ip_counter").glob("*.py")):
-        assert f"/usr/lib/python3/dist-packages/xdp_ip_counter/{module.name}" in paths, module
+    # Every module of the checkout is shipped, the subpackages' too.
+    for module in sorted((REPO / "xdp_ip_counter").rglob("*.py")):
+        shipped = module.relative_to(REPO).as_posix()
+        assert f"/usr/lib/python3/dist-packages/{shipped}" in paths, module
     assert not [p for p in paths if "__pycache__" in p or p.endswith(".pyc")]
 
 

@@ -103,8 +103,8 @@ def test_files_land_where_they_should(installation: Installation) -> None:
     ):
         assert (root / path).is_file(), f"/{path} is missing after the install"
     assert (root / "usr/bin/xdp-ip-counter").stat().st_mode & 0o111
-    for module in sorted((REPO / "xdp_ip_counter").glob("*.py")):
-        installed = root / "usr/lib/python3/dist-packages/xdp_ip_counter" / module.name
+    for module in sorted((REPO / "xdp_ip_counter").rglob("*.py")):
+        installed = root / "usr/lib/python3/dist-packages" / module.relative_to(REPO)
         assert installed.is_file(), f"/{installed.relative_to(root)} is missing"
 
 

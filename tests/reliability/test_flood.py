@@ -34,8 +34,8 @@ from tests.conftest import env_int
 from tests.support.frames import v4_udp
 from xdp_ip_counter import bpf_syscall
 from xdp_ip_counter.config import Settings
-from xdp_ip_counter.http import LIST_CHUNK_ROWS, MAX_LIST_RENDERS, list_json_chunks
 from xdp_ip_counter.layout import KEY_DTYPE, VALUE_DTYPE
+from xdp_ip_counter.routes import LIST_CHUNK_ROWS, MAX_LIST_RENDERS, list_json_chunks
 from xdp_ip_counter.window import ACTIVE_DTYPE, Snapshot, active_set, stale_keys
 
 from .flood import Flood, KernelMap, SteadyClient, trafgen_config, trafgen_path

@@ -26,24 +26,22 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_http import FIXTURES, IFNAMES, NOW, WALL, S, sample_view
-from test_webconfig import PKI, basic, bcrypt_hash, make_pki
 
-from xdp_ip_counter import http as server_module
-from xdp_ip_counter.http import (
-    MAX_CONNECTIONS,
-    MAX_HEADERS,
-    MAX_LIST_RENDERS,
-    MAX_REQUEST_LINE,
-    MetricsServer,
-)
+from tests.support.http import IFNAMES, NOW, PKI, WALL, S, basic, bcrypt_hash, make_pki, sample_view
 from xdp_ip_counter.layout import KEY_DTYPE, VALUE_DTYPE
 from xdp_ip_counter.metrics import Exposition, View
-from xdp_ip_counter.webconfig import NO_WEB_CONFIG, WebConfig, load_web_config
+from xdp_ip_counter.routes import MAX_LIST_RENDERS, MetricsServer
+from xdp_ip_counter.web.config import NO_WEB_CONFIG, WebConfig, load_web_config
+from xdp_ip_counter.web.server import Limits
 from xdp_ip_counter.window import Snapshot, active_set
 
+FIXTURES = Path(__file__).parent / "fixtures"
 JSON = "application/json"
-SHORT_DEADLINE_S = 1.0  # REQUEST_TIMEOUT_S in the tests that wait for it
+DEFAULT_LIMITS = Limits()
+MAX_CONNECTIONS = DEFAULT_LIMITS.max_connections
+MAX_HEADERS = DEFAULT_LIMITS.max_headers
+MAX_REQUEST_LINE = DEFAULT_LIMITS.max_request_line
+SHORT_DEADLINE_S = 1.0  # request_timeout_s in the tests that wait for it
 
 
 @pytest.fixture(autouse=True)
@@ -59,18 +57,16 @@ def no_warnings(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 
 @pytest.fixture
-def short_deadline(monkeypatch: pytest.MonkeyPatch) -> float:
-    monkeypatch.setattr(server_module, "REQUEST_TIMEOUT_S", SHORT_DEADLINE_S)
-    return SHORT_DEADLINE_S
-
-
-@pytest.fixture
 def serve() -> Iterator[Callable[..., MetricsServer]]:
     """Start servers (on 127.0.0.1 port 0 unless told otherwise); all closed at the end."""
     servers: list[MetricsServer] = []
 
-    def start(web: WebConfig = NO_WEB_CONFIG, address: str = "127.0.0.1") -> MetricsServer:
-        server = MetricsServer.bind(address, 0, sample_view, Exposition(False), web)
+    def start(
+        web: WebConfig = NO_WEB_CONFIG, address: str = "127.0.0.1", limits: Limits = DEFAULT_LIMITS
+    ) -> MetricsServer:
+        server = MetricsServer.bind(
+            address, 0, sample_view, Exposition(False), web_config=web, limits=limits
+        )
         servers.append(server)
         server.start()
         return server
@@ -332,9 +328,10 @@ def test_bad_query_values_are_400(server: MetricsServer, query: str, error: str)
 
 @pytest.mark.parametrize("sent", [b"", b"GET /metrics HTTP/1.0\r\nX-Slow: "])
 def test_a_client_that_never_finishes_is_cut_off(
-    short_deadline: float, serve: Callable[..., MetricsServer], sent: bytes
+    serve: Callable[..., MetricsServer], sent: bytes
 ) -> None:
-    server = serve()
+    short_deadline = SHORT_DEADLINE_S
+    server = serve(limits=Limits(request_timeout_s=short_deadline))
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as slow:
         slow.sendall(sent)
         started = time.monotonic()
@@ -352,10 +349,10 @@ def test_a_client_that_never_finishes_is_cut_off(
 
 
 def test_many_connections_are_limited_and_memory_is_bounded(
-    monkeypatch: pytest.MonkeyPatch, serve: Callable[..., MetricsServer]
+    serve: Callable[..., MetricsServer],
 ) -> None:
     """200 clients each hold a connection with a request that never ends (30 KiB of headers,
-    just under the limit). MAX_CONNECTIONS of them are admitted, the others closed at once
+    just under the limit). max_connections of them are admitted, the others closed at once
     without a byte; a newcomer is closed while the slots are full and answered as soon as one
     frees; at the deadline the server cuts the rest off by itself, without an answer.
 
@@ -368,8 +365,7 @@ def test_many_connections_are_limited_and_memory_is_bounded(
     """
     # Long enough to open the 200 connections and look at them, short enough for the test.
     deadline_s = 4.0
-    monkeypatch.setattr(server_module, "REQUEST_TIMEOUT_S", deadline_s)
-    server = serve()
+    server = serve(limits=Limits(request_timeout_s=deadline_s))
     # Warm up: the first thread, the first request, the allocator's first arenas.
     assert get_status(server.port) == 200
     baseline = rss_bytes()
@@ -440,17 +436,16 @@ def big_view(rows: int) -> View:
     return sample_view(active=active_set(snapshot, 60, IFNAMES), snapshot=snapshot)
 
 
-def test_a_client_that_never_reads_its_answer_is_cut_off(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_client_that_never_reads_its_answer_is_cut_off() -> None:
     """A /list of ~17 MB to a client that reads nothing: more than the socket buffers hold, so
-    the server's writes block. The answer's own clock (RESPONSE_TIMEOUT_S, 1 s here) cuts the
+    the server's writes block. The answer's own clock (response_timeout_s, 1 s here) cuts the
     connection, long before the 10 s that each socket operation may take; meanwhile the other
     /list slot serves others, and afterwards both slots are free again. (What the cut-off
     client got is a truncated array: with no Content-Length, only the JSON says so.)"""
-    monkeypatch.setattr(server_module, "RESPONSE_TIMEOUT_S", 1.0)
     view = big_view(100_000)
-    server = MetricsServer.bind("127.0.0.1", 0, lambda: view, Exposition(False))
+    server = MetricsServer.bind(
+        "127.0.0.1", 0, lambda: view, Exposition(False), limits=Limits(response_timeout_s=1.0)
+    )
     server.start()
     try:
         with socket.socket() as stalled:
@@ -471,9 +466,11 @@ def test_a_client_that_never_reads_its_answer_is_cut_off(
                     received += chunk
                 assert 0 < len(received) < 100_000 * 170  # a beginning, then the end
         for _ in range(MAX_LIST_RENDERS):
-            assert server.list_renders.acquire(blocking=False), "a /list slot was not released"
+            assert server.routes.list_renders.acquire(blocking=False), (
+                "a /list slot was not released"
+            )
         for _ in range(MAX_LIST_RENDERS):
-            server.list_renders.release()
+            server.routes.list_renders.release()
     finally:
         server.close()
 
@@ -643,13 +640,13 @@ def test_a_tls_list_ends_with_close_notify(
 
 @pytest.mark.parametrize("sent", [b"", b"\x16\x03\x01"])  # nothing; half a record header
 def test_a_tls_client_that_never_says_hello_blocks_nobody(
-    short_deadline: float,
     serve: Callable[..., MetricsServer],
     web_file: Callable[[str], WebConfig],
     pki: PKI,
     sent: bytes,
 ) -> None:
-    server = serve(web_file(TLS))
+    short_deadline = SHORT_DEADLINE_S
+    server = serve(web_file(TLS), limits=Limits(request_timeout_s=short_deadline))
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as silent:
         silent.sendall(sent)
         started = time.monotonic()
@@ -795,4 +792,4 @@ def test_a_scrape_after_the_first_costs_no_bcrypt(
     request = b"GET /metrics HTTP/1.0\r\nAuthorization: " + basic("alice", "wonderland").encode()
     for _ in range(10):
         assert parse(send(server.port, request + b"\r\n\r\n")).status == "HTTP/1.0 200 OK"
-    assert server.basic_auth.bcrypt_runs == 1
+    assert server.verified_passwords.bcrypt_runs == 1

@@ -1,17 +1,15 @@
-"""webconfig.py: the exporter-toolkit web configuration file, basic auth checks, the flag and
-key that name the file, and what a reload does with it.
+"""web/config.py: the exporter-toolkit web configuration file, the flag and key that name the
+file, and what a reload does with it.
 
-Certificates are made at test time with the openssl command line (`make_pki`, also used by
-test_http_hostile.py); bcrypt hashes with the lowest cost (4), to keep the tests fast.
+Certificates are made at test time with the openssl command line (tests/support/http.py's
+`make_pki`); bcrypt hashes with the lowest cost (4), to keep the tests fast.
 """
 
 from __future__ import annotations
 
-import base64
 import http.client
 import logging
 import os
-import shutil
 import signal
 import ssl
 import subprocess
@@ -20,134 +18,32 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import bcrypt
 import pytest
 
-from tests.conftest import require
+from tests.support.http import (
+    PKI,
+    basic,
+    bcrypt_hash,
+    make_pki,
+    openssl,
+    sample_view,
+    tls_section,
+    write_web_config,
+)
 from xdp_ip_counter.cli import settings_from_args
 from xdp_ip_counter.config import ConfigError, Settings, diff, needs_restart
 from xdp_ip_counter.daemon import Daemon
-from xdp_ip_counter.http import MetricsServer
 from xdp_ip_counter.metrics import Exposition
-from xdp_ip_counter.webconfig import (
-    NO_WEB_CONFIG,
-    BasicAuth,
-    challenge,
-    load_web_config,
-)
+from xdp_ip_counter.routes import MetricsServer
+from xdp_ip_counter.web.config import NO_WEB_CONFIG, load_web_config
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = "/usr/bin/python3"
 
 
-# -- certificates -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PKI:
-    """A CA, a server certificate for 127.0.0.1 and ::1 signed by it, a second CA for clients
-    with a client certificate, and an unrelated CA (which must not verify the server)."""
-
-    directory: Path
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_ca: Path
-    client_cert: Path
-    client_key: Path
-    stranger_ca: Path
-    stranger_cert: Path  # a client certificate signed by the unrelated CA
-    stranger_key: Path
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    result = subprocess.run(
-        ["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, f"openssl {' '.join(args)}:\n{result.stderr}"
-
-
-def _make_ca(directory: Path, name: str) -> tuple[Path, Path]:
-    _openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2", "-subj", f"/CN={name}",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=directory,
-    )  # fmt: skip
-    return directory / f"{name}.crt", directory / f"{name}.key"
-
-
-def _make_leaf(directory: Path, name: str, ca: str, extensions: str) -> tuple[Path, Path]:
-    (directory / f"{name}.ext").write_text(extensions)
-    _openssl(
-        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}",
-        cwd=directory,
-    )  # fmt: skip
-    _openssl(
-        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-        "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext",
-        cwd=directory,
-    )  # fmt: skip
-    return directory / f"{name}.crt", directory / f"{name}.key"
-
-
-def make_pki(directory: Path) -> PKI:
-    """Everything the TLS tests need, made with the openssl command line in `directory`."""
-    require(shutil.which("openssl"), "the openssl command line tool is not installed")
-    directory.mkdir(parents=True, exist_ok=True)
-    ca, _ = _make_ca(directory, "test-ca")
-    client_ca, _ = _make_ca(directory, "client-ca")
-    stranger_ca, _ = _make_ca(directory, "stranger-ca")
-    leaf = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-    server_cert, server_key = _make_leaf(
-        directory,
-        "server",
-        "test-ca",
-        leaf + "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:::1\n",
-    )
-    client_cert, client_key = _make_leaf(
-        directory, "client", "client-ca", leaf + "extendedKeyUsage=clientAuth\n"
-    )
-    stranger_cert, stranger_key = _make_leaf(
-        directory, "stranger", "stranger-ca", leaf + "extendedKeyUsage=clientAuth\n"
-    )
-    return PKI(
-        directory,
-        ca,
-        server_cert,
-        server_key,
-        client_ca,
-        client_cert,
-        client_key,
-        stranger_ca,
-        stranger_cert,
-        stranger_key,
-    )
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-def bcrypt_hash(password: str, prefix: bytes = b"$2b$") -> str:
-    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4))
-    return (prefix + hashed[4:]).decode()
-
-
-def write_web_config(directory: Path, text: str, name: str = "web.yml") -> Path:
-    path = directory / name
-    path.write_text(text)
-    return path
-
-
-def tls_section(pki: PKI, extra: str = "") -> str:
-    return (
-        f"tls_server_config:\n  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n"
-        + extra
-    )
 
 
 # -- loading: what is accepted ------------------------------------------------------------------
@@ -376,7 +272,7 @@ def test_unknown_cipher_suite_suggests_the_closest(tmp_path: Path, pki: PKI) -> 
 
 def test_certificate_and_key_problems_name_the_file(tmp_path: Path, pki: PKI) -> None:
     encrypted = tmp_path / "encrypted.key"
-    _openssl(
+    openssl(
         "pkey", "-in", str(pki.server_key), "-aes256", "-passout", "pass:x",
         "-out", str(encrypted), cwd=tmp_path,
     )  # fmt: skip
@@ -443,101 +339,6 @@ def test_a_missing_file_says_who_named_it(tmp_path: Path) -> None:
         f"{tmp_path}/absent.yml: web configuration file does not exist "
         "(named by argument --web.config.file)"
     )
-
-
-# -- basic auth ---------------------------------------------------------------------------------
-
-
-def basic(user: bytes | str, password: bytes | str) -> str:
-    raw = (user.encode() if isinstance(user, str) else user) + b":"
-    raw += password.encode() if isinstance(password, str) else password
-    return "Basic " + base64.b64encode(raw).decode()
-
-
-@pytest.fixture(scope="module")
-def users() -> dict[bytes, bytes]:
-    return {
-        b"alice": bcrypt_hash("correct horse").encode(),
-        b"bob": bcrypt_hash("", b"$2y$").encode(),  # an empty password is still a password
-        "jos\u00e9".encode(): bcrypt_hash("\u00fcml\u00e4ut").encode(),
-    }
-
-
-@pytest.mark.parametrize(
-    ("authorization", "allowed"),
-    [
-        (basic("alice", "correct horse"), True),
-        (basic("bob", ""), True),
-        (basic("jos\u00e9", "\u00fcml\u00e4ut"), True),
-        ("basic " + basic("alice", "correct horse")[6:], True),  # the scheme is case-insensitive
-        (basic("alice", "correct horse "), False),
-        (basic("alice", "Correct horse"), False),
-        (basic("Alice", "correct horse"), False),
-        (basic("mallory", "correct horse"), False),
-        (basic("alice", b"correct horse\x00"), False),  # bcrypt refuses NUL: a refusal, no error
-        (basic("", ""), False),
-        (None, False),
-        ("", False),
-        ("Basic", False),
-        ("Basic !!!!", False),
-        ("Basic " + base64.b64encode(b"alice correct horse").decode(), False),  # no colon
-        ("Bearer " + base64.b64encode(b"alice:correct horse").decode(), False),
-        ("Basic " + basic("alice", "correct horse")[6:] + "\u00e9", False),
-    ],
-)
-def test_basic_auth_decisions(
-    users: dict[bytes, bytes], authorization: str | None, allowed: bool
-) -> None:
-    assert BasicAuth().allows(users, authorization) is allowed
-
-
-def test_no_users_means_no_authentication() -> None:
-    assert BasicAuth().allows({}, None) is True
-
-
-def test_successes_are_remembered_failures_are_not(users: dict[bytes, bytes]) -> None:
-    auth = BasicAuth()
-    for _ in range(5):
-        assert auth.allows(users, basic("alice", "correct horse"))
-    assert auth.bcrypt_runs == 1
-    for _ in range(3):
-        assert not auth.allows(users, basic("alice", "wrong"))
-    assert auth.bcrypt_runs == 4
-    # An unknown user costs a bcrypt too: its timing does not tell it from a known one.
-    assert not auth.allows(users, basic("mallory", "correct horse"))
-    assert auth.bcrypt_runs == 5
-    # Nothing in the cache holds a password in clear.
-    assert all(b"correct horse" not in digest for digest in auth._verified)
-
-
-def test_a_changed_hash_is_not_served_from_the_cache(users: dict[bytes, bytes]) -> None:
-    auth = BasicAuth()
-    assert auth.allows(users, basic("alice", "correct horse"))
-    changed = {**users, b"alice": bcrypt_hash("new password").encode()}
-    assert not auth.allows(changed, basic("alice", "correct horse"))
-    assert auth.allows(changed, basic("alice", "new password"))
-    assert auth.bcrypt_runs == 3
-
-
-def test_the_cache_is_bounded(users: dict[bytes, bytes]) -> None:
-    auth = BasicAuth(capacity=2)
-    credentials = [
-        basic("alice", "correct horse"),
-        basic("bob", ""),
-        basic("jos\u00e9", "\u00fcml\u00e4ut"),
-    ]
-    for authorization in credentials:
-        assert auth.allows(users, authorization)
-    assert len(auth._verified) == 2
-    assert auth.bcrypt_runs == 3
-    assert auth.allows(users, credentials[2])  # the most recent: remembered
-    assert auth.bcrypt_runs == 3
-    assert auth.allows(users, credentials[0])  # the oldest: forgotten, checked again
-    assert auth.bcrypt_runs == 4
-
-
-def test_challenge() -> None:
-    assert challenge() == 'Basic realm="xdp-ip-counter"'
 
 
 # -- the flag and the key ------------------------------------------------------------------------
@@ -627,6 +428,7 @@ class ReloadRig:
     server: MetricsServer
     web_file: Path
     settings: Settings
+    reloaded: list[Settings]  # what the next reload reads: the last item
 
     def status(self, authorization: str | None) -> int:
         connection = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
@@ -642,22 +444,24 @@ class ReloadRig:
 def reload_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ReloadRig]:
     """A Daemon with a real HTTP server and no data path (a reload that changes nothing but
     the web configuration never touches it)."""
-    from test_http import sample_view  # noqa: PLC0415 (tests/unit is on sys.path)
-
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     web_file = write_web_config(tmp_path, f"basic_auth_users:\n  alice: '{bcrypt_hash('one')}'\n")
     settings = Settings(interfaces=("lo",), web_config_file=str(web_file))
     # The reload re-reads the file itself (cli's check is tested above): Settings as they are.
-    daemon = Daemon(settings, lambda: settings)
+    reloaded = [settings]
     server = MetricsServer.bind(
-        "127.0.0.1", 0, sample_view, Exposition(False), load_web_config(web_file)
+        "127.0.0.1", 0, sample_view, Exposition(False), web_config=load_web_config(web_file)
     )
-    daemon._server = server
-    daemon._datapath = object()  # type: ignore[assignment]
+    daemon = Daemon(
+        settings,
+        lambda: reloaded[-1],
+        datapath=object(),  # type: ignore[arg-type]
+        server=server,
+    )
     server.start()
     saved = signal.getsignal(signal.SIGHUP)
     try:
-        yield ReloadRig(daemon, server, web_file, settings)
+        yield ReloadRig(daemon, server, web_file, settings, reloaded)
     finally:
         signal.signal(signal.SIGHUP, saved)
         server.close()
@@ -668,7 +472,7 @@ def test_reload_reads_the_web_config_again(reload_rig: ReloadRig) -> None:
     assert rig.status(basic("alice", "one")) == 200
     rig.web_file.write_text(f"basic_auth_users:\n  alice: '{bcrypt_hash('two')}'\n")
     rig.daemon.reload()
-    assert rig.daemon._reload_ok
+    assert rig.daemon.reload_successful
     assert rig.status(basic("alice", "one")) == 401
     assert rig.status(basic("alice", "two")) == 200
 
@@ -680,7 +484,7 @@ def test_a_bad_web_config_on_reload_keeps_the_old_one(
     before = rig.server.web_config
     rig.web_file.write_text("basic_auth_users:\n  alice: plain-text-password\n")
     rig.daemon.reload()
-    assert not rig.daemon._reload_ok
+    assert not rig.daemon.reload_successful
     assert rig.server.web_config is before
     assert rig.status(basic("alice", "one")) == 200
     assert rig.status(None) == 401
@@ -691,7 +495,7 @@ def test_a_bad_web_config_on_reload_keeps_the_old_one(
 
 def test_reload_to_no_web_config(reload_rig: ReloadRig, tmp_path: Path) -> None:
     rig = reload_rig
-    rig.daemon._reload_settings = lambda: Settings(interfaces=("lo",))
+    rig.reloaded.append(Settings(interfaces=("lo",)))
     rig.daemon.reload()
     assert rig.server.web_config is NO_WEB_CONFIG
     assert rig.status(None) == 200

@@ -1,4 +1,5 @@
-"""http.py: /list rendering against a golden file, and a real server on 127.0.0.1 port 0.
+"""routes.py: /list rendering against a golden file, and the routes served by a real server on
+127.0.0.1 port 0.
 
 UPDATE_GOLDEN=1 rewrites the golden file (tests/unit/fixtures/list.json).
 """
@@ -7,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import ipaddress
 import json
 import logging
 import socket
@@ -17,69 +17,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from tests.conftest import assert_golden
-from xdp_ip_counter import http as server_module
-from xdp_ip_counter.config import PortFilter, Settings
-from xdp_ip_counter.http import ListenError, MetricsServer, list_filters, list_json_chunks
-from xdp_ip_counter.layout import KEY_DTYPE, VALUE_DTYPE
+from tests.support.http import sample_view
+from xdp_ip_counter.config import PortFilter
 from xdp_ip_counter.metrics import CLASSIC, OPENMETRICS, Exposition, View
-from xdp_ip_counter.window import Snapshot, active_set
+from xdp_ip_counter.routes import MAX_LIST_RENDERS, MetricsServer, list_filters, list_json_chunks
+from xdp_ip_counter.web.server import Limits, ListenError
 
 FIXTURES = Path(__file__).parent / "fixtures"
-S = 1_000_000_000
-MS = 1_000_000
-NOW = 9000 * S
-WALL = 1714564800.0  # 2024-05-01T12:00:00Z
-IFNAMES = {2: "eth0", 3: "eth1"}
-
-
-def key(ip: str, port: int, proto: int, ifindex: int) -> tuple:
-    address = ipaddress.ip_address(ip)
-    raw = ipaddress.IPv6Address(f"::ffff:{ip}").packed if address.version == 4 else address.packed
-    return (raw, ifindex, port, proto, address.version)
-
-
-# (address, port, proto, ifindex, first_seen, last_seen, packets, bytes)
-ENTRIES = [
-    ("10.8.0.10", 22, 6, 2, NOW - 40 * S, NOW - 1 * S - 250 * MS, 3, 180),
-    ("10.8.0.9", 22, 6, 2, NOW - 30 * S, NOW - 20 * S, 1, 60),
-    ("10.8.0.9", 22, 6, 3, NOW - 35 * S - 1 * MS, NOW - 10 * S, 2, 120),  # second interface
-    ("10.8.0.9", 22, 17, 3, NOW - 5 * S, NOW - 5 * S, 1, 40),
-    ("fd00:8::1", 22, 6, 3, NOW - 2 * S, NOW - 2 * S, 1, 80),
-    ("fd00:8::abcd:0:0:1", 443, 6, 2, NOW - 3 * S, NOW - 3 * S, 4, 320),
-    ("10.8.0.11", 443, 6, 9, NOW - 4 * S, NOW - 4 * S, 1, 60),  # ifindex without a name
-    ("10.8.0.12", 5353, 17, 2, NOW - 6 * S, NOW - 6 * S, 2, 200),
-    ("10.8.0.13", 22, 6, 2, NOW - 90 * S, NOW - 61 * S, 9, 900),  # outside the window
-]
-
-
-def sample_view(
-    ports: PortFilter | None = None, serve_ip_list: bool = True, **changes: Any
-) -> View:
-    keys = np.array(
-        [key(ip, port, proto, ifindex) for ip, port, proto, ifindex, *_ in ENTRIES], KEY_DTYPE
-    )
-    values = np.array([tuple(e[4:]) for e in ENTRIES], VALUE_DTYPE)
-    snap = Snapshot(keys, values, NOW, WALL, {"recorded": 12}, len(keys), 4096)
-    settings = Settings(
-        interfaces=("eth0", "eth1"),
-        ports=ports or PortFilter.all(),
-        window=60,
-        serve_ip_list=serve_ip_list,
-    )
-    view = View(
-        active=active_set(snap, 60, IFNAMES),
-        snapshot=snap,
-        settings=settings,
-        last_refresh_time=WALL,
-        refresh_duration=0.01,
-        reload_time=WALL,
-        version="0.0.0-test",
-    )
-    return replace(view, **changes) if changes else view
 
 
 def golden_rows() -> list[dict[str, Any]]:
@@ -338,8 +285,8 @@ def test_head_is_get_without_a_body(served: Served, path: str) -> None:
 
 
 def test_list_renders_at_once_are_limited(served: Served) -> None:
-    for _ in range(server_module.MAX_LIST_RENDERS):
-        assert served.server.list_renders.acquire(blocking=False)
+    for _ in range(MAX_LIST_RENDERS):
+        assert served.server.routes.list_renders.acquire(blocking=False)
     try:
         status, headers, body = served.request("GET", "/list")
         assert status == 503
@@ -347,8 +294,8 @@ def test_list_renders_at_once_are_limited(served: Served) -> None:
         assert "busy" in json.loads(body)["error"]
         assert served.request("GET", "/metrics")[0] == 200
     finally:
-        for _ in range(server_module.MAX_LIST_RENDERS):
-            served.server.list_renders.release()
+        for _ in range(MAX_LIST_RENDERS):
+            served.server.routes.list_renders.release()
     assert served.request("GET", "/list")[0] == 200
 
 
@@ -386,7 +333,7 @@ def test_large_headers_are_431(served: Served) -> None:
 
 
 def test_many_headers_are_431(served: Served) -> None:
-    headers = b"".join(b"X-%d: 1\r\n" % i for i in range(server_module.MAX_HEADERS + 1))
+    headers = b"".join(b"X-%d: 1\r\n" % i for i in range(Limits().max_headers + 1))
     answer = raw_exchange(served.server.port, b"GET / HTTP/1.0\r\n" + headers + b"\r\n")
     assert answer.startswith(b"HTTP/1.0 431 ")
 
@@ -407,9 +354,10 @@ def test_one_request_per_connection(served: Served) -> None:
     assert b"Connection: close" in answer
 
 
-def test_a_slow_request_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_module, "REQUEST_TIMEOUT_S", 1.0)
-    server = MetricsServer.bind("127.0.0.1", 0, sample_view, Exposition(False))
+def test_a_slow_request_is_cut_off() -> None:
+    server = MetricsServer.bind(
+        "127.0.0.1", 0, sample_view, Exposition(False), limits=Limits(request_timeout_s=1.0)
+    )
     server.start()
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
@@ -434,9 +382,10 @@ def test_a_slow_request_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
         server.close()
 
 
-def test_connections_beyond_the_limit_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 2)
-    server = MetricsServer.bind("127.0.0.1", 0, sample_view, Exposition(False))
+def test_connections_beyond_the_limit_are_closed() -> None:
+    server = MetricsServer.bind(
+        "127.0.0.1", 0, sample_view, Exposition(False), limits=Limits(max_connections=2)
+    )
     server.start()
     idle = []
     try:
