@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.netns import namespace
+
 from .deb import REPO
 from .debian_root import DebianRoot, debian_root
 
@@ -88,7 +90,16 @@ def test_readme_has_exactly_two_setup_commands() -> None:
     assert commands[0].startswith("./dev run") and commands[1] == "./dev test", commands
 
 
-def test_readme_run_command_serves_metrics_on_lo(fresh_root: DebianRoot, tmp_path: Path) -> None:
+@pytest.fixture
+def lo_namespace() -> Iterator[str]:
+    """A network namespace of this test's with lo up; removed whatever happens."""
+    with namespace(f"xic-fresh-{os.getpid()}") as created:
+        yield created.name
+
+
+def test_readme_run_command_serves_metrics_on_lo(
+    fresh_root: DebianRoot, tmp_path: Path, lo_namespace: str
+) -> None:
     command = run_command_on_lo()
     # First with the network: the command's bootstrap installs what is missing, then the
     # configuration check stops it before it attaches anything.
@@ -96,12 +107,10 @@ def test_readme_run_command_serves_metrics_on_lo(fresh_root: DebianRoot, tmp_pat
     assert "configuration OK" in checked.stdout, checked.stdout + checked.stderr
 
     # Then for real, in a network namespace of this test: the bootstrap finds nothing to do.
-    netns = f"xic-fresh-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", netns], check=True)
+    netns = lo_namespace
     log_path = tmp_path / "daemon.log"
     daemon = None
     try:
-        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
         with log_path.open("wb") as log:
             daemon = subprocess.Popen(
                 ["ip", "netns", "exec", netns,
@@ -129,7 +138,6 @@ def test_readme_run_command_serves_metrics_on_lo(fresh_root: DebianRoot, tmp_pat
         if daemon is not None and daemon.poll() is None:
             os.killpg(daemon.pid, signal.SIGKILL)
             daemon.wait(30)
-        subprocess.run(["ip", "netns", "del", netns], check=False)
 
 
 def test_dev_deb_builds_the_package(fresh_root: DebianRoot) -> None:
