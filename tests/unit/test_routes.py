@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -23,7 +24,13 @@ from tests.conftest import assert_golden
 from tests.support.http import sample_view
 from xdp_ip_counter.config import PortFilter
 from xdp_ip_counter.metrics import CLASSIC, OPENMETRICS, Exposition, View
-from xdp_ip_counter.routes import MAX_LIST_RENDERS, MetricsServer, list_filters, list_json_chunks
+from xdp_ip_counter.routes import (
+    MAX_LIST_RENDERS,
+    BadQuery,
+    MetricsServer,
+    list_filters,
+    list_json_chunks,
+)
 from xdp_ip_counter.web.server import Limits, ListenError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -88,6 +95,32 @@ def test_empty_list_is_an_empty_array() -> None:
 )
 def test_list_filters(query: str, expected: dict[str, list[object]]) -> None:
     assert list_filters(query) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("eth0", True),
+        ("x" * 15, True),  # IFNAMSIZ - 1 bytes
+        ("\u00e9" * 7 + "x", True),  # 15 bytes in UTF-8
+        ("x" * 16, False),
+        ("\u00e9" * 8, False),  # 8 characters, 16 bytes
+        ("eth0:1", False),  # an address label, not an interface (dev_valid_name refuses ':')
+        (".", False),
+        ("..", False),
+        ("...", True),
+        ("a/b", False),
+        ("a\tb", False),
+    ],
+)
+def test_list_iface_is_a_kernel_interface_name(name: str, valid: bool) -> None:
+    """The kernel's dev_valid_name(): 1..15 bytes, no '/', ':' or whitespace, not '.' or '..'."""
+    query = urlencode({"iface": name})
+    if valid:
+        assert list_filters(query) == {"interfaces": [name]}
+    else:
+        with pytest.raises(BadQuery, match=r"^iface: .* is not an interface name$"):
+            list_filters(query)
 
 
 # -- a real server --------------------------------------------------------------------------
