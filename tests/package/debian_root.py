@@ -107,6 +107,8 @@ def mounts_under(path: Path) -> list[str]:
 ENTER_ROOT = """set -e
 root=$1 archives=$2 host_dev_sys=$3
 shift 3
+# The root a mount point of its own, as / is on a machine (for ip netns: mount --make-rslave /).
+mount --bind "$root" "$root"
 mount -t proc proc "$root/proc"
 if [ "$host_dev_sys" = 1 ]; then
     mount --rbind /dev "$root/dev"
