@@ -148,10 +148,6 @@ class Daemon:
         self._rejected_reload: RejectedReload | None = None
 
     @property
-    def _reload_ok(self) -> bool:  # until tests/unit/test_webconfig.py reads reload_successful
-        return self.reload_successful
-
-    @property
     def reload_successful(self) -> bool:
         """False from a refused reload until a good one (the reload metric and STATUS= say so)."""
         return self._rejected_reload is None
