@@ -25,7 +25,7 @@ from xdp_ip_counter.config import (
     load_file,
     validate_interfaces,
 )
-from xdp_ip_counter.webconfig import load_web_config
+from xdp_ip_counter.web.config import load_web_config
 
 PROG = "xdp-ip-counter"
 

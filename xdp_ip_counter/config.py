@@ -39,6 +39,19 @@ XDP_MODES = ("skb", "native")
 
 # Linux interface names: at most IFNAMSIZ - 1 bytes, no '/', no whitespace (dev_valid_name()).
 IFNAME_MAX_BYTES = 15
+_IFNAME_FORBIDDEN = re.compile(r"[/:\s]")
+
+
+def valid_interface_name(name: str) -> bool:
+    """Whether the kernel would take name for an interface (its dev_valid_name()): 1 to 15
+    bytes, no '/', ':' or whitespace, not '.' or '..'. The interfaces setting and /list's
+    iface filter both ask here."""
+    return (
+        0 < len(name.encode()) <= IFNAME_MAX_BYTES
+        and name not in (".", "..")
+        and not _IFNAME_FORBIDDEN.search(name)
+    )
+
 
 _PORT_TEXT = re.compile(r"[0-9]+")
 _RANGE_TEXT = re.compile(r"([0-9]+)\s*-\s*([0-9]+)")
@@ -216,11 +229,11 @@ def _check_interfaces(value: object, where: str) -> None:
     for name in value:
         if not name:
             raise ConfigError(where, "empty interface name")
-        if len(name.encode()) > IFNAME_MAX_BYTES or "/" in name or any(c.isspace() for c in name):
+        if not valid_interface_name(name):
             raise ConfigError(
                 where,
                 f"{name!r} is not a valid interface name "
-                f"(at most {IFNAME_MAX_BYTES} bytes, no '/', no whitespace)",
+                f"(at most {IFNAME_MAX_BYTES} bytes, no '/', ':' or whitespace, not '.' or '..')",
             )
         if name in seen:
             raise ConfigError(where, f"interface {name!r} is listed twice")
@@ -553,7 +566,7 @@ class Settings:
     max_entries: int = 262144
     refresh_interval: int = 10
     pin_path: str = ""  # a bpffs directory to keep the sources map in across restarts; "" = off
-    web_config_file: str = ""  # TLS and basic auth (exporter-toolkit format, webconfig.py); "" off
+    web_config_file: str = ""  # TLS and basic auth (exporter-toolkit format, web/config.py); "" off
     config_path: Path | None = None
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
 

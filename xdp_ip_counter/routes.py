@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from xdp_ip_counter import __version__
-from xdp_ip_counter.config import IFNAME_MAX_BYTES
+from xdp_ip_counter.config import valid_interface_name
 from xdp_ip_counter.layout import FAMILIES, PROTOCOLS
 from xdp_ip_counter.metrics import Exposition, View
 from xdp_ip_counter.web.auth import VerifiedPasswords
@@ -89,13 +89,7 @@ def list_filters(query: str) -> dict[str, list[Any]]:
             raise BadQuery(f"type: {item!r} is not {' or '.join(_FAMILY_NUMBERS)}")
         filters.setdefault("families", []).append(_FAMILY_NUMBERS[item.lower()])
     for item in values.get("iface", []):
-        # As the kernel's dev_valid_name(): 1..15 bytes, no '/', ':' or whitespace, not '.' or
-        # '..'. (To be config.py's function, shared with the interfaces setting: issue 11.)
-        if (
-            len(item.encode()) > IFNAME_MAX_BYTES
-            or item in (".", "..")
-            or re.search(r"[/:\s]", item)
-        ):
+        if not valid_interface_name(item):
             raise BadQuery(f"iface: {item!r} is not an interface name")
         filters.setdefault("interfaces", []).append(item)
     return filters

@@ -223,6 +223,8 @@ def test_defaults_are_the_contract() -> None:
         ("interfaces", ("a/b",), "'a/b' is not a valid interface name"),
         ("interfaces", ("x" * 16,), "is not a valid interface name"),
         ("interfaces", ("e th0",), "is not a valid interface name"),
+        ("interfaces", ("eth0:1",), "'eth0:1' is not a valid interface name"),
+        ("interfaces", ("..",), "'..' is not a valid interface name"),
         ("interfaces", "lo", "expected a list of interface names"),
     ],
 )
