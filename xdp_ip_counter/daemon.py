@@ -236,7 +236,10 @@ class Daemon:
             taken_at_ns=taken_ns,
             taken_at_wall=wall,
             stats=stats,
-            entries_in_map=len(keys),
+            # A batch read that races a flood sees entries evicted behind it and entries
+            # inserted ahead of it: more rows than the map ever held at once. The map itself
+            # never holds more than its capacity, and neither does this gauge.
+            entries_in_map=min(len(keys), self.settings.max_entries),
             capacity=self.settings.max_entries,
         )
         window = self.settings.window
@@ -249,7 +252,9 @@ class Daemon:
             except OSError as exc:
                 self._refresh_failures += 1
                 log.error("expiring old entries failed: %s", exc)
-        evictions = self._evictions.update(len(keys), stats.get("recorded_new", 0), removed)
+        evictions = self._evictions.update(
+            snapshot.entries_in_map, stats.get("recorded_new", 0), removed
+        )
         self._view = View(
             active=active,
             snapshot=snapshot,

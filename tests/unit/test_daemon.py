@@ -67,6 +67,40 @@ def test_evictions_are_derived_from_inserts_expiries_and_entries() -> None:
     assert count.update(entries=13, inserted=15, removed_now=0) == 5
 
 
+class RacedDataPath:
+    """A data path whose batch read raced a flood: more rows than the map's capacity, each a
+    distinct source seen just now."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+
+    def read_stats(self) -> dict[str, int]:
+        return {"recorded_new": self.rows}
+
+    def read_sources(self) -> tuple[np.ndarray, np.ndarray, int]:
+        now = time.monotonic_ns()
+        keys = np.zeros(self.rows, KEY_DTYPE)
+        keys["addr"] = [n.to_bytes(16, "big") for n in range(self.rows)]
+        keys["ifindex"], keys["port"], keys["proto"], keys["family"] = 1, 22, 6, 6
+        values = np.zeros(self.rows, VALUE_DTYPE)
+        values["first_seen"] = values["last_seen"] = now
+        values["packets"] = 1
+        return keys, values, now
+
+    def close(self) -> None:
+        pass
+
+
+def test_map_entries_never_exceed_capacity_when_a_read_races_a_flood() -> None:
+    settings = Settings(interfaces=("lo",), max_entries=8)
+    d = Daemon(settings, lambda: settings, datapath=RacedDataPath(11))  # type: ignore[arg-type]
+    d.refresh()
+    view = d.current_view()
+    assert view is not None
+    assert len(view.active) == 11  # every source seen is reported
+    assert view.entries_in_map == 8  # the map never held more than its capacity
+
+
 # -- a rejected reload in STATUS= ----------------------------------------------------------------
 
 # 2023-11-14 22:13:20 UTC
