@@ -4,14 +4,13 @@ and `./dev test` passes its arguments to pytest and fails when pytest ran nothin
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.daemon import serving_daemon
 from tests.support.netns import namespace
 
 from .deb import REPO
@@ -56,31 +55,9 @@ def netns() -> Iterator[str]:
 def test_dev_run_serves_metrics(netns: str, tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text("")
-    log_path = tmp_path / "dev-run.log"
-    with log_path.open("wb") as log:
-        daemon = subprocess.Popen(
-            ["ip", "netns", "exec", netns, str(DEV), "run", "-c", str(config),
-             "-i", HOST_IF, "-p", "22,80,443", "-s", "3031"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 90
-        metrics = None
-        while time.monotonic() < deadline and daemon.poll() is None:
-            metrics = subprocess.run(
-                ["ip", "netns", "exec", netns, "curl", "-sf", "--max-time", "2",
-                 "http://127.0.0.1:3031/metrics"],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            if metrics.returncode == 0:
-                break
-            time.sleep(0.2)
-        log = log_path.read_text(errors="replace")
-        assert metrics is not None and metrics.returncode == 0, f"no /metrics answer:\n{log}"
-        assert "xdp_ip_counter_" in metrics.stdout, metrics.stdout[:2000]
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(30) == 0, log_path.read_text(errors="replace")
-    finally:
-        if daemon.poll() is None:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait(10)
+    command = [str(DEV), "run", "-c", str(config), "-i", HOST_IF, "-p", "22,80,443", "-s", "3031"]
+    with serving_daemon(
+        command, netns=netns, port=3031, log_path=tmp_path / "dev-run.log"
+    ) as daemon:
+        assert "xdp_ip_counter_" in daemon.metrics, daemon.metrics[:2000]
+        assert daemon.stop() == 0, daemon.log()

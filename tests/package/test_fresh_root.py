@@ -18,14 +18,13 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.daemon import serving_daemon
 from tests.support.netns import namespace
 
 from .deb import REPO
@@ -107,37 +106,16 @@ def test_readme_run_command_serves_metrics_on_lo(
     assert "configuration OK" in checked.stdout, checked.stdout + checked.stderr
 
     # Then for real, in a network namespace of this test: the bootstrap finds nothing to do.
-    netns = lo_namespace
-    log_path = tmp_path / "daemon.log"
-    daemon = None
-    try:
-        with log_path.open("wb") as log:
-            daemon = subprocess.Popen(
-                ["ip", "netns", "exec", netns,
-                 *fresh_root.command(*in_clone(*command), host_dev_sys=True)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + START_DEADLINE_S
-        answer = None
-        while time.monotonic() < deadline and daemon.poll() is None:
-            answer = subprocess.run(
-                ["ip", "netns", "exec", netns, "curl", "-sf", "--max-time", "2",
-                 f"http://127.0.0.1:{METRICS_PORT}/metrics"],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            if answer.returncode == 0:
-                break
-            time.sleep(0.5)
-        log_text = log_path.read_text(errors="replace")
-        assert answer is not None and answer.returncode == 0, f"no /metrics answer:\n{log_text}"
-        assert 'active_users{ip="v4",port="22",proto="tcp"}' in answer.stdout, answer.stdout
-        assert "xdp_ip_counter_frames_total" in answer.stdout, answer.stdout
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(30) == 0, log_path.read_text(errors="replace")
-    finally:
-        if daemon is not None and daemon.poll() is None:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait(30)
+    with serving_daemon(
+        fresh_root.command(*in_clone(*command), host_dev_sys=True),
+        netns=lo_namespace,
+        port=METRICS_PORT,
+        log_path=tmp_path / "daemon.log",
+        start_deadline_s=START_DEADLINE_S,
+    ) as daemon:
+        assert 'active_users{ip="v4",port="22",proto="tcp"}' in daemon.metrics, daemon.metrics
+        assert "xdp_ip_counter_frames_total" in daemon.metrics, daemon.metrics
+        assert daemon.stop() == 0, daemon.log()
 
 
 def test_dev_deb_builds_the_package(fresh_root: DebianRoot) -> None:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import email
 import os
 import re
-import signal
 import subprocess
-import time
 import tomllib
 import zipfile
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
+from tests.support.daemon import serving_daemon
 from tests.support.netns import namespace_with_veths
 
 from .deb import REPO
@@ -168,41 +167,16 @@ def test_wheel_in_a_system_site_packages_venv_serves_metrics(
 
     config = tmp_path / "config.toml"
     config.write_text("")
-    log_path = tmp_path / "daemon.log"
     command = [
-        "ip", "netns", "exec", netns, str(venv / "bin" / "xdp-ip-counter"),
+        str(venv / "bin" / "xdp-ip-counter"),
         "-c", str(config), "-i", interface, "-p", "22", "-s", str(PORT),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "XDP_IP_COUNTER_"))}
     env.pop("NOTIFY_SOCKET", None)
-    with log_path.open("wb") as log:
-        daemon = subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 90
-        metrics = None
-        while time.monotonic() < deadline and daemon.poll() is None:
-            metrics = subprocess.run(
-                ["ip", "netns", "exec", netns, "curl", "-sf", "--max-time", "2",
-                 f"http://127.0.0.1:{PORT}/metrics"],
-                capture_output=True, text=True, check=False, timeout=30,
-            )  # fmt: skip
-            if metrics.returncode == 0:
-                break
-            time.sleep(0.2)
-        log_text = log_path.read_text(errors="replace")
-        assert metrics is not None and metrics.returncode == 0, f"no /metrics answer:\n{log_text}"
-        assert "xdp_ip_counter_" in metrics.stdout, metrics.stdout[:2000]
+    with serving_daemon(
+        command, netns=netns, port=PORT, log_path=tmp_path / "daemon.log", env=env, cwd=tmp_path
+    ) as daemon:
+        assert "xdp_ip_counter_" in daemon.metrics, daemon.metrics[:2000]
+        log_text = daemon.log()
         assert f"XDP program source: {installed_bpf / 'xdp_ip_counter.c'}" in log_text, log_text
-        daemon.send_signal(signal.SIGTERM)
-        assert daemon.wait(30) == 0, log_path.read_text(errors="replace")
-    finally:
-        if daemon.poll() is None:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait(10)
+        assert daemon.stop() == 0, daemon.log()
