@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import assert_golden
+from tests.support.python import run_python
 from xdp_ip_counter import __main__ as entry
 from xdp_ip_counter import __version__
 from xdp_ip_counter.cli import reload_settings, settings_from_args
 from xdp_ip_counter.config import ConfigError, PortFilter, Settings
 
-REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
-PYTHON = "/usr/bin/python3"
 
 # The original tool's --help lines, kept word for word (issue 3: the CLI is a contract).
 CONTRACT_HELP_LINES = [
@@ -61,17 +59,7 @@ def error_of(argv: list[str], default_config: Path) -> str:
 
 
 def run_module(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)}
-    env.pop("NOTIFY_SOCKET", None)
-    return subprocess.run(
-        [PYTHON, "-m", "xdp_ip_counter", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_python("-m", "xdp_ip_counter", *args, env={"COLUMNS": "200"})
 
 
 # ------------------------------------------------------------------------------------------
@@ -368,14 +356,7 @@ def test_check_config_does_not_load_the_daemon(tmp_path: Path) -> None:
         f"code = main(['--check-config', '-c', {str(path)!r}])\n"
         "print(code, sorted({'bcc', 'xdp_ip_counter.daemon'} & set(sys.modules)))\n"
     )
-    result = subprocess.run(
-        [PYTHON, "-c", program],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python("-c", program)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "0 []"
 

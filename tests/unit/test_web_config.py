@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import logging
-import os
 import signal
 import ssl
 import subprocess
@@ -30,15 +29,13 @@ from tests.support.http import (
     tls_section,
     write_web_config,
 )
+from tests.support.python import run_python
 from xdp_ip_counter.cli import settings_from_args
 from xdp_ip_counter.config import ConfigError, Settings, diff, needs_restart
 from xdp_ip_counter.daemon import Daemon
 from xdp_ip_counter.metrics import Exposition
 from xdp_ip_counter.routes import MetricsServer
 from xdp_ip_counter.web.config import NO_WEB_CONFIG, load_web_config
-
-REPO = Path(__file__).resolve().parents[2]
-PYTHON = "/usr/bin/python3"
 
 
 @pytest.fixture(scope="module")
@@ -388,17 +385,7 @@ def test_a_bad_web_config_fails_the_settings(tmp_path: Path) -> None:
 
 
 def run_check_config(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("NOTIFY_SOCKET", None)
-    return subprocess.run(
-        [PYTHON, "-m", "xdp_ip_counter", "--check-config", "-i", "lo", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_python("-m", "xdp_ip_counter", "--check-config", "-i", "lo", *args)
 
 
 def test_check_config_with_a_web_config(tmp_path: Path, pki: PKI) -> None:

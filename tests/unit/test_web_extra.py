@@ -7,18 +7,16 @@ Each case runs the daemon's entry point in Debian's Python with the modules made
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.python import run_python
 from xdp_ip_counter.cli import reload_settings
 from xdp_ip_counter.config import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
-PYTHON = "/usr/bin/python3"
 # Valid in form (cost 4, 53 characters of salt and hash); never checked, bcrypt is missing.
 A_BCRYPT_HASH = "$2y$04$" + "a" * 53
 
@@ -36,17 +34,7 @@ sys.exit(main(sys.argv[2:]))
 def check_config_without(
     modules: str, config: Path, *flags: str
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("NOTIFY_SOCKET", None)
-    return subprocess.run(
-        [PYTHON, "-c", RUN_WITHOUT, modules, "--check-config", "-c", str(config), *flags],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_python("-c", RUN_WITHOUT, modules, "--check-config", "-c", str(config), *flags)
 
 
 def write_config(tmp_path: Path, web_yml: str | None) -> Path:
