@@ -191,3 +191,37 @@ def test_every_lintian_override_gives_its_reason() -> None:
             if line.strip() and not line.startswith("#"):
                 previous = lines[number - 1] if number else ""
                 assert previous.startswith("#"), f"{overrides.name}:{number + 1} has no reason"
+
+
+def readme_section(heading: str) -> str:
+    """The text of one README.md section, from its heading to the next of the same level."""
+    text = (REPO / "README.md").read_text()
+    level = heading.split(" ", maxsplit=1)[0]
+    start = text.index(f"\n{heading}\n")
+    end = text.find(f"\n{level} ", start + len(heading) + 2)
+    return text[start : end if end >= 0 else len(text)]
+
+
+def named_packages(text: str) -> set[str]:
+    """The Debian packages a text names in backticks (`python3-...`, `procps`)."""
+    return set(re.findall(r"`(python3-[a-z0-9.-]+|procps)`", text))
+
+
+def test_readme_names_the_packages_the_deb_depends_on(built_deb: BuiltDeb) -> None:
+    """The README's lists of dependencies are checked against the built package, both ways."""
+    relations = package_names(built_deb.field("Depends")) | package_names(
+        built_deb.field("Recommends")
+    )
+    dependencies = {name for name in relations if re.fullmatch(r"python3-.*|procps", name)}
+    assert {"python3-bpfcc", "procps"} <= dependencies, dependencies
+    described = named_packages(readme_section("### The Debian package"))
+    assert described == dependencies, "### The Debian package names other packages than the .deb"
+    installing = named_packages(readme_section("## Installing"))
+    assert installing <= dependencies, f"## Installing names {installing - dependencies}"
+
+
+def test_readme_package_scan_sees_a_stray_package() -> None:
+    assert named_packages("needs `python3-foo` and `procps`, not python3-bar") == {
+        "python3-foo",
+        "procps",
+    }
