@@ -4,25 +4,26 @@
     sudo /usr/bin/python3 -m bench.prototype_cost            full sizes (a few minutes)
     sudo /usr/bin/python3 -m bench.prototype_cost --smoke    seconds (tests/bench runs this)
 
-Contenders, each measured right after the empty program on the same frame, A B A B ... and
-each going first in turn (kernel_cost's method and helpers): the empty program; the program's
-first version (an LRU-hash lookup per frame, insert when new: kernel_cost.STEPS' baseline); the
-project's program; the prototype with 4 and 8 ways, and with 8 ways plus a per-CPU admission
-check (a budget of new keys per tick, set high enough that every key is admitted: the check's
-cost alone). Figures: ns per frame, and the added cost (contender - empty) / (baseline - empty),
-round by round (issue 12's goal 2 asks for <= 0.4).
+Contenders, each measured right after the empty program on the same frame, A B A B ... and each
+going first in turn (kernel_cost's method and helpers): the empty program; the program's first
+version (an LRU-hash lookup per frame, insert when new: kernel_cost.STEPS' baseline); the
+project's program; the prototype with 4 and 8 ways of 64-byte slots (each with its tag), with 8
+ways and the set's tags in one cache line ahead of its slots (TAG_LINE), and each 8-way layout
+plus a per-CPU admission check (a budget of new keys per tick, set high enough that every key
+is admitted: the check's cost alone). Figures: ns per frame, and the added cost (contender -
+empty) / (baseline - empty), round by round (issue 12's goal 2 asks for <= 0.4).
 
-Cases: a new source in every frame with the tables empty ("room") and full (the LRU maps
-filled past capacity with BPF_MAP_UPDATE_BATCH, every slot of the prototype's table written
-through mmap as a live entry); and the hot path (one source repeated).
+Cases: a new source in every frame with the tables empty ("room") and full (the LRU maps filled
+past capacity with BPF_MAP_UPDATE_BATCH, every slot of the prototype's table written through
+mmap as a live entry); and the hot path (one source repeated).
 
-Checks: exactness (M distinct sources sent from two CPUs at once, read back through mmap with
-duplicates merged: exactly M keys, packets summing to the frames sent, each source's own count
-exact) and protection (K sources sent twice, then a flood of one-packet sources several times
-the table's size: how many of the K are still there, with the prototype's replacement rule and
-with plain oldest-first for contrast). At full size also: reading 1,000,000 entries through
-mmap (with the merge) against the daemon's batch read of an LRU hash of 1,000,000.
-"""
+Checks, on both 8-way layouts: exactness (M distinct sources sent from two CPUs at once, read
+back through mmap with duplicates merged: exactly M keys, packets summing to the frames sent,
+each source's own count exact) and protection (K sources sent twice, then a flood of one-packet
+sources several times the table's size: how many of the K are still there, with the prototype's
+replacement rule and with plain oldest-first for contrast). At full size also: reading
+1,000,000 entries through mmap (with the merge) against the daemon's batch read of an LRU hash
+of 1,000,000."""
 
 from __future__ import annotations
 
@@ -64,12 +65,32 @@ SLOT_DTYPE = np.dtype(
     ]
 )
 assert SLOT_DTYPE.itemsize == 64
+# With -DTAG_LINE: a set is its tag words (hash << 32 | ESTABLISHED | stamp) in one cache
+# line, then its slots (64 bytes each, no tag).
+LINE_SLOT_DTYPE = np.dtype(
+    [
+        ("first_seen", "<u8"),
+        ("last_seen", "<u8"),
+        ("packets", "<u8"),
+        ("bytes", "<u8"),
+        ("key", KEY_DTYPE),
+        ("unused", "<u8"),
+    ]
+)
+STAMP_SHIFT, ESTABLISHED = 30, 1 << 31
 # The prototype's variants: name -> (ways, extra -D switches).
 VARIANTS = {
     "set-assoc, 8 ways": (8, {}),
     "set-assoc, 4 ways": (4, {}),
     "set-assoc, 8 ways + admission check": (8, {"ADMISSION_BUDGET": "1000000000"}),
+    "set-assoc, 8 ways, tag line": (8, {"TAG_LINE": "1"}),
+    "set-assoc, 8 ways, tag line + admission check": (
+        8,
+        {"TAG_LINE": "1", "ADMISSION_BUDGET": "1000000000"},
+    ),
 }
+# The layouts the checks run on.
+LAYOUTS = {"64-byte slots": {}, "tag line": {"TAG_LINE": "1"}}
 # Outcome counters of set_assoc.c (enum P_*).
 OUTCOMES = ("recorded", "new", "other", "evicted", "not_admitted", "lost")
 
@@ -117,7 +138,7 @@ SMOKE = Config(
 
 class SetAssocTable:
     """set_assoc.c compiled with `ways` ways and `capacity` slots, its port filter set, and its
-    table mapped (BPF_F_MMAPABLE) as a numpy array of SLOT_DTYPE."""
+    table mapped (BPF_F_MMAPABLE) as a numpy array (of SLOT_DTYPE, or with TAG_LINE of sets)."""
 
     def __init__(self, capacity: int, ways: int, defines: dict[str, str] | None = None) -> None:
         from bcc import BPF  # noqa: PLC0415 - bcc only where it is needed
@@ -142,24 +163,53 @@ class SetAssocTable:
             leaf.bits[port >> 6] |= 1 << (port & 63)
         self.bpf[b"port_filter"][ctypes.c_int(0)] = leaf
         self.capacity, self.ways = capacity, ways
-        size = capacity * SLOT_DTYPE.itemsize
+        self.tag_line = "TAG_LINE" in switches
+        if self.tag_line:
+            dtype = np.dtype([("tag", "<u8", (ways,)), ("way", LINE_SLOT_DTYPE, (ways,))])
+            count = sets
+        else:
+            dtype, count = SLOT_DTYPE, capacity
+        size = count * dtype.itemsize
         size += -size % mmap.PAGESIZE
         self._map = mmap.mmap(self.bpf[b"table"].get_fd(), size, mmap.MAP_SHARED)
-        self.slots = np.frombuffer(self._map, SLOT_DTYPE, capacity)
+        self.slots = np.frombuffer(self._map, dtype, count)
 
-    def fill_full(self, start: int) -> None:
-        """Every slot a live entry seen now, of keys no frame uses (from fill.source_keys),
-        half of them one-packet and half established; tags that no frame's key has."""
-        keys = fill.source_keys(self.capacity, start)
+    def rows(self) -> np.ndarray:
+        """A copy of every slot as SLOT_DTYPE (with TAG_LINE: the tag is the hash part)."""
+        if not self.tag_line:
+            return self.slots.copy()
+        ways = self.slots["way"].reshape(-1)
+        rows = np.zeros(len(ways), SLOT_DTYPE)
+        rows["tag"] = self.slots["tag"].reshape(-1) >> np.uint64(32)
+        for field in ("first_seen", "last_seen", "packets", "bytes", "key"):
+            rows[field] = ways[field]
+        return rows
+
+    def fill_full(self, start: int, live: int | None = None) -> None:
+        """The first `live` slots (default: all) live entries seen now, of keys no frame uses
+        (from fill.source_keys), half of them one-packet and half established, with tags no
+        frame's key has; the other slots empty."""
+        live = self.capacity if live is None else live
         rows = np.zeros(self.capacity, SLOT_DTYPE)
-        rows["tag"] = (np.arange(self.capacity, dtype=np.uint64) << np.uint64(1)) | 1
-        rows["key"] = keys
+        rows["tag"][:live] = (np.arange(live, dtype=np.uint64) << np.uint64(1)) | 1
+        rows["key"][:live] = fill.source_keys(live, start)
         now = kernel_clock_ns()
-        rows["first_seen"] = now
-        rows["last_seen"] = now
-        rows["packets"] = 1 + np.arange(self.capacity) % 2
-        rows["bytes"] = 46
-        self.slots[:] = rows
+        rows["first_seen"][:live] = now
+        rows["last_seen"][:live] = now
+        rows["packets"][:live] = 1 + np.arange(live) % 2
+        rows["bytes"][:live] = 46
+        if not self.tag_line:
+            self.slots[:] = rows
+            return
+        words = rows["tag"] << np.uint64(32)
+        words |= np.where(rows["packets"] >= 2, np.uint64(ESTABLISHED), np.uint64(0))
+        words |= np.uint64((now >> STAMP_SHIFT) & 0x7FFFFFFF)
+        words[live:] = 0
+        self.slots["tag"] = words.reshape(-1, self.ways)
+        ways = np.zeros(self.capacity, LINE_SLOT_DTYPE)
+        for field in ("first_seen", "last_seen", "packets", "bytes", "key"):
+            ways[field] = rows[field]
+        self.slots["way"] = ways.reshape(-1, self.ways)
 
     def stats(self) -> dict[str, int]:
         table = self.bpf[b"stats"]
@@ -171,14 +221,14 @@ class SetAssocTable:
         self.bpf.cleanup()
 
 
-def read_table(slots: np.ndarray, ways: int, now_ns: int) -> tuple[np.ndarray, int]:
-    """The live entries of a table read through mmap, duplicates merged: (entries, duplicates).
+def read_table(rows: np.ndarray, ways: int, now_ns: int) -> tuple[np.ndarray, int]:
+    """The live entries of a table's rows (SetAssocTable.rows(), copied once out of the
+    mapping), duplicates merged: (entries, duplicates).
 
-    Entries are the live slots' rows (copied once out of the mapping). Two slots can hold the
+    Two slots can hold the
     same key only in the same set with the same tag (two CPUs claimed it at once), so
     duplicates are found by sorting each set's tags, and only the rare sets with a repeated tag
     compare keys; a duplicate's counts are added to the first slot of its key."""
-    rows = slots.copy()
     live = (rows["tag"] != 0) & (rows["last_seen"] + np.uint64(WINDOW_NS) >= np.uint64(now_ns))
     tags = np.where(live, rows["tag"], 0).reshape(-1, ways)
     ordered = np.sort(tags, axis=1)
@@ -318,11 +368,11 @@ def _send_from(cpu: int, fd: int, sends: list[tuple[bytes, int]]) -> None:
             kernel_cost._run(fd, frame, 1)
 
 
-def exactness(config: Config) -> dict:
+def exactness(config: Config, defines: dict[str, str]) -> dict:
     """M distinct sources, source i sent 1 + i % 5 times by every CPU (two threads pinned to
     two CPUs, in the same order, so that they often claim the same new key at once), read back
     through mmap with duplicates merged."""
-    table = SetAssocTable(config.exact_capacity, 8)
+    table = SetAssocTable(config.exact_capacity, 8, defines)
     try:
         sources = frames.distinct_v4(config.exact_sources, first="10.200.0.0")
         sends = [(frame, 1 + number % 5) for number, frame in enumerate(sources)]
@@ -332,7 +382,7 @@ def exactness(config: Config) -> dict:
             thread.start()
         for thread in threads:
             thread.join()
-        entries, duplicates = read_table(table.slots, table.ways, kernel_clock_ns())
+        entries, duplicates = read_table(table.rows(), table.ways, kernel_clock_ns())
         expected = np.array([repeat for _, repeat in sends], np.uint64) * len(threads)
         # Source i is 10.200.0.0 + i: its count must be exactly what was sent of it.
         number = _ipv4(entries).astype(np.int64) - 0x0AC80000
@@ -364,7 +414,7 @@ def protection(config: Config, defines: dict[str, str] | None = None) -> dict:
             kernel_cost._run(table.fd, frame, 1)
         for frame in frames.distinct_v4(config.flood, first="10.202.0.0"):
             kernel_cost._run(table.fd, frame, 1)
-        entries, _ = read_table(table.slots, table.ways, kernel_clock_ns())
+        entries, _ = read_table(table.rows(), table.ways, kernel_clock_ns())
         mine = ((_ipv4(entries) >> 16) == 0x0AC9) & (entries["packets"] == 2)
         return {
             "capacity": config.protect_capacity,
@@ -379,19 +429,21 @@ def protection(config: Config, defines: dict[str, str] | None = None) -> dict:
 
 
 def read_costs(entries: int, keep: list) -> dict:
-    """Reading `entries` live entries: a prototype table through mmap (with the merge) against
-    BPF_MAP_LOOKUP_BATCH of an LRU hash of as many entries (as the daemon reads today)."""
+    """Reading `entries` live entries: a prototype table (each layout) through mmap, with the
+    merge, against BPF_MAP_LOOKUP_BATCH of an LRU hash of as many entries (as the daemon reads
+    today)."""
     capacity = 1 << (entries - 1).bit_length()
-    table = SetAssocTable(capacity, 8)
-    try:
-        table.fill_full(start=0)
-        table.slots["last_seen"][entries:] = 0  # the rest long expired
-        started = time.perf_counter()
-        rows, _ = read_table(table.slots, table.ways, kernel_clock_ns())
-        mmap_s = time.perf_counter() - started
-        assert len(rows) == entries
-    finally:
-        table.close()
+    result: dict = {"entries": entries, "capacity": capacity}
+    for layout, defines in LAYOUTS.items():
+        table = SetAssocTable(capacity, 8, defines)
+        try:
+            table.fill_full(start=0, live=entries)
+            started = time.perf_counter()
+            rows, _ = read_table(table.rows(), table.ways, kernel_clock_ns())
+            result[f"mmap_s, {layout}"] = time.perf_counter() - started
+            assert len(rows) == entries
+        finally:
+            table.close()
     clock = kernel_clock()
     defines = {
         "MAX_ENTRIES": str(entries + entries // 10),
@@ -405,7 +457,7 @@ def read_costs(entries: int, keep: list) -> dict:
     _, _, count = bpf_syscall.map_lookup_batch(fd, 24, 32, entries + entries // 10, chunk=16384)
     batch_s = time.perf_counter() - started
     assert count == entries
-    return {"entries": entries, "mmap_s": mmap_s, "batch_s": batch_s}
+    return result | {"batch_s": batch_s}
 
 
 def run(config: Config, log: Callable[[str], None] = print) -> dict:
@@ -423,12 +475,14 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict:
             for capacity in config.capacities:
                 result["rows"] += _scenario(empty, capacity, config, log, keep)
         log("prototype: exactness from two CPUs")
-        result["exactness"] = exactness(config)
+        result["exactness"] = {name: exactness(config, d) for name, d in LAYOUTS.items()}
         log("prototype: protection against a flood of one-packet sources")
-        result["protection"] = {
-            "one-packet first, then oldest": protection(config),
-            "oldest first": protection(config, {"EVICT_OLDEST": "1"}),
-        }
+        result["protection"] = {}
+        for name, defines in LAYOUTS.items():
+            result["protection"][name] = {
+                "one-packet first, then oldest": protection(config, defines),
+                "oldest first": protection(config, defines | {"EVICT_OLDEST": "1"}),
+            }
         if config.read_entries:
             log(f"prototype: reading {config.read_entries} entries, mmap vs batch")
             result["read"] = read_costs(config.read_entries, keep)
@@ -453,24 +507,30 @@ def markdown(result: dict) -> str:
             f"| {row['case']} | {row['capacity']} | {row['program']} | {_cell(row['ns'], 0)} "
             f"| {_cell(row['empty_ns'], 0)} | {_cell(row['added_vs_baseline'])} |"
         )
-    exact = result["exactness"]
-    lines += [
-        "",
-        f"Exactness ({exact['cpus']} CPUs at once): {exact['sources']} sources, "
-        f"{exact['frames']} frames -> {exact['keys_read']} keys, {exact['packets_read']} packets "
-        f"({exact['duplicates_merged']} duplicates merged; every source's count exact: "
-        f"{exact['each_source_exact']}).",
-    ]
-    for rule, kept in result["protection"].items():
+    lines.append("")
+    for layout, exact in result["exactness"].items():
         lines.append(
-            f"Protection, {rule}: {kept['still_present']} of {kept['protected']} repeat senders "
-            f"still present after {kept['flood']} one-packet sources "
-            f"(table of {kept['capacity']})."
+            f"Exactness, {layout} ({exact['cpus']} CPUs at once): {exact['sources']} sources, "
+            f"{exact['frames']} frames -> {exact['keys_read']} keys, "
+            f"{exact['packets_read']} packets ({exact['duplicates_merged']} duplicates merged; "
+            f"every source's count exact: {exact['each_source_exact']})."
         )
+    for layout, rules in result["protection"].items():
+        for rule, kept in rules.items():
+            lines.append(
+                f"Protection, {layout}, {rule}: {kept['still_present']} of {kept['protected']} "
+                f"repeat senders still present after {kept['flood']} one-packet sources "
+                f"(table of {kept['capacity']})."
+            )
     if "read" in result:
         read = result["read"]
+        through_mmap = ", ".join(
+            f"{name.removeprefix('mmap_s, ')} {value:.3f} s"
+            for name, value in read.items()
+            if name.startswith("mmap_s")
+        )
         lines.append(
-            f"Reading {read['entries']} entries: mmap + merge {read['mmap_s']:.3f} s, "
+            f"Reading {read['entries']} entries: mmap + merge {through_mmap}; "
             f"batch lookup of the LRU hash {read['batch_s']:.3f} s."
         )
     return "\n".join(lines)

@@ -53,17 +53,20 @@ def test_every_contender_measured(require_root: None, results: dict) -> None:
                 assert row["added_vs_baseline"]["n"] == prototype_cost.SMOKE.rounds
 
 
-def test_table_is_exact_from_two_cpus(require_root: None, results: dict) -> None:
-    exact = results["exactness"]
+@pytest.mark.parametrize("layout", prototype_cost.LAYOUTS)
+def test_table_is_exact_from_two_cpus(require_root: None, results: dict, layout: str) -> None:
+    exact = results["exactness"][layout]
     assert exact["keys_read"] == exact["sources"] == prototype_cost.SMOKE.exact_sources
     assert exact["packets_read"] == exact["frames"]
     assert exact["each_source_exact"]
     assert exact["outcomes"]["lost"] == 0
 
 
-def test_flood_keeps_repeat_senders(require_root: None, results: dict) -> None:
-    kept = results["protection"]["one-packet first, then oldest"]
+@pytest.mark.parametrize("layout", prototype_cost.LAYOUTS)
+def test_flood_keeps_repeat_senders(require_root: None, results: dict, layout: str) -> None:
+    rules = results["protection"][layout]
+    kept = rules["one-packet first, then oldest"]
     assert kept["still_present"] == kept["protected"] == prototype_cost.SMOKE.protected
     assert kept["outcomes"]["evicted"] > 0  # the table was full and did evict
     # The same flood under plain oldest-first: the check can tell the difference.
-    assert results["protection"]["oldest first"]["still_present"] < kept["protected"]
+    assert rules["oldest first"]["still_present"] < kept["protected"]
