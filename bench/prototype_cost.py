@@ -51,6 +51,8 @@ from . import fill, kernel_cost
 from .stats import chunk_medians, ratios, summary
 
 SOURCE = Path(__file__).resolve().parent / "prototypes" / "set_assoc.c"
+WRAPPER = SOURCE.with_name("set_assoc_varying_source.c")
+EMPTY_WRAPPED = "static __always_inline int wrapped_main(struct xdp_md *ctx) { return XDP_PASS; }"
 BASELINE = "LRU hash per frame (first version)"
 WINDOW_NS = 60_000_000_000
 # One slot of the prototype's table, as set_assoc.c lays it out (64 bytes, one cache line).
@@ -107,6 +109,7 @@ class Config:
     protected: int  # K
     flood: int  # one-packet sources after them
     read_entries: int  # mmap vs batch read (0: not measured)
+    flood_full_repeat: int  # new sources per test run of the flood run, table full
     cpu: int = -1
 
 
@@ -121,6 +124,7 @@ FULL = Config(
     protected=8192,
     flood=262_144,
     read_entries=1_000_000,
+    flood_full_repeat=100_000,
 )
 SMOKE = Config(
     capacities=(4096,),
@@ -133,6 +137,7 @@ SMOKE = Config(
     protected=512,
     flood=16_384,
     read_entries=0,
+    flood_full_repeat=2000,
 )
 
 
@@ -140,9 +145,14 @@ class SetAssocTable:
     """set_assoc.c compiled with `ways` ways and `capacity` slots, its port filter set, and its
     table mapped (BPF_F_MMAPABLE) as a numpy array (of SLOT_DTYPE, or with TAG_LINE of sets)."""
 
-    def __init__(self, capacity: int, ways: int, defines: dict[str, str] | None = None) -> None:
-        from bcc import BPF  # noqa: PLC0415 - bcc only where it is needed
-
+    def __init__(
+        self,
+        capacity: int,
+        ways: int,
+        defines: dict[str, str] | None = None,
+        *,
+        varying: bool = False,
+    ) -> None:
         sets = capacity // ways
         if sets & (sets - 1) or sets * ways != capacity:
             raise ValueError(f"capacity {capacity} is not a power of two sets of {ways} ways")
@@ -154,14 +164,7 @@ class SetAssocTable:
             "CLOCK_JIFFY_ZERO": f"{clock.jiffy_zero}ULL",
             "CLOCK_TICK_NS": f"{clock.tick_ns}ULL",
         } | (defines or {})
-        cflags = [f"-I{source_dir()}", "-Wno-unused-function"]
-        cflags += [f"-D{name}={value}" for name, value in switches.items()]
-        self.bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
-        self.fd = self.bpf.load_func(b"set_assoc", BPF.XDP).fd
-        leaf = self.bpf[b"port_filter"].Leaf()
-        for port in kernel_cost.WATCHED:
-            leaf.bits[port >> 6] |= 1 << (port & 63)
-        self.bpf[b"port_filter"][ctypes.c_int(0)] = leaf
+        self.bpf, self.fd = _compile(SOURCE, "set_assoc", switches, varying=varying)
         self.capacity, self.ways = capacity, ways
         self.tag_line = "TAG_LINE" in switches
         if self.tag_line:
@@ -219,6 +222,37 @@ class SetAssocTable:
         del self.slots
         self._map.close()
         self.bpf.cleanup()
+
+
+def _compile(
+    source: Path | None, entry: str, switches: dict[str, str], *, varying: bool = False
+) -> tuple[object, int]:
+    """(BPF object, program fd) of an XDP program built by bcc from source (None: the empty
+    program) with the -D switches, its port filter set when it has one. varying: wrapped in
+    set_assoc_varying_source.c (a new source in every run), its entry renamed wrapped_main."""
+    from bcc import BPF  # noqa: PLC0415 - bcc only where it is needed
+
+    cflags = [f"-I{source_dir()}", "-Wno-unused-function"]
+    cflags += [f"-D{name}={value}" for name, value in switches.items()]
+    if not varying:
+        assert source is not None
+        bpf = BPF(src_file=str(source).encode(), cflags=cflags)
+        fd = bpf.load_func(entry.encode(), BPF.XDP).fd
+    else:
+        text = "#include <uapi/linux/bpf.h>\n"
+        text += "static __always_inline int wrapped_main(struct xdp_md *ctx);\n"
+        if source is None:
+            text += EMPTY_WRAPPED + "\n"
+        else:
+            text += f"#define {entry} wrapped_main\n{source.read_text()}\n#undef {entry}\n"
+        bpf = BPF(text=(text + WRAPPER.read_text()).encode(), cflags=cflags)
+        fd = bpf.load_func(b"varying_source", BPF.XDP).fd
+    if source is not None:
+        leaf = bpf[b"port_filter"].Leaf()
+        for port in kernel_cost.WATCHED:
+            leaf.bits[port >> 6] |= 1 << (port & 63)
+        bpf[b"port_filter"][ctypes.c_int(0)] = leaf
+    return bpf, fd
 
 
 def read_table(rows: np.ndarray, ways: int, now_ns: int) -> tuple[np.ndarray, int]:
@@ -361,6 +395,58 @@ def _ipv4(entries: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(addresses[:, 12:16]).view(">u4").ravel().astype(np.uint32)
 
 
+def _flood_run(capacity: int, config: Config, log, keep: list) -> list[dict]:
+    """A new source in every run of one BPF_PROG_TEST_RUN (set_assoc_varying_source.c): the
+    program's code warm, its table cold, as in a flood at line rate. Room: rounds of
+    capacity / (2 * rounds) new sources each, so that the table stays half full at most; full:
+    rounds of flood_full_repeat new sources after the tables were filled."""
+    clock = kernel_clock()
+    defines = {
+        "MAX_ENTRIES": str(capacity),
+        "LRU_FLAGS": "0",
+        "CLOCK_JIFFY_ZERO": f"{clock.jiffy_zero}ULL",
+        "CLOCK_TICK_NS": f"{clock.tick_ns}ULL",
+    }
+    log(f"prototype: compiling the flood-run contenders (capacity {capacity})")
+    product = source_dir() / "xdp_ip_counter.c"
+    empty_bpf, empty = _compile(None, "", defines, varying=True)
+    keep.append(empty_bpf)
+    lru_fds = {}
+    contenders = []
+    for name, switches in ((BASELINE, kernel_cost.STEPS[BASELINE]), ("project", {})):
+        bpf, fd = _compile(product, "xdp_ip_counter", defines | switches, varying=True)
+        keep.append(bpf)
+        lru_fds[name] = bpf[b"sources"].get_fd()
+        contenders.append(kernel_cost.Program(name, fd))
+    tables = {
+        name: SetAssocTable(capacity, ways, switches, varying=True)
+        for name, (ways, switches) in VARIANTS.items()
+    }
+    try:
+        contenders += [kernel_cost.Program(name, table.fd) for name, table in tables.items()]
+        frame = kernel_cost.CASES[kernel_cost.HOT]
+        rows = []
+        log("prototype: flood run, room")
+        room = _figures(
+            *_series(empty, contenders, [frame] * config.rounds, capacity // (2 * config.rounds))
+        )
+        log("prototype: flood run, full")
+        for fd in lru_fds.values():
+            fill.fill(fd, capacity + capacity // 8, start=2 * capacity)
+        for table in tables.values():
+            table.fill_full(start=2 * capacity)
+        full = _figures(
+            *_series(empty, contenders, [frame] * config.rounds, config.flood_full_repeat)
+        )
+        for case, measured in (("flood run, room", room), ("flood run, full", full)):
+            for name, figures in measured.items():
+                rows.append({"case": case, "capacity": capacity, "program": name, **figures})
+        return rows
+    finally:
+        for table in tables.values():
+            table.close()
+
+
 def _send_from(cpu: int, fd: int, sends: list[tuple[bytes, int]]) -> None:
     os.sched_setaffinity(0, {cpu})  # this thread only
     for frame, times in sends:
@@ -474,6 +560,7 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict:
             result["rows"] = []
             for capacity in config.capacities:
                 result["rows"] += _scenario(empty, capacity, config, log, keep)
+                result["rows"] += _flood_run(capacity, config, log, keep)
         log("prototype: exactness from two CPUs")
         result["exactness"] = {name: exactness(config, d) for name, d in LAYOUTS.items()}
         log("prototype: protection against a flood of one-packet sources")

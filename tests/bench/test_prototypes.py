@@ -43,7 +43,14 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_every_contender_measured(require_root: None, results: dict) -> None:
     contenders = {prototype_cost.BASELINE, "project", *prototype_cost.VARIANTS}
     for capacity in prototype_cost.SMOKE.capacities:
-        for case in ("new source, room", "new source, full", "hot path"):
+        cases = (
+            "new source, room",
+            "new source, full",
+            "hot path",
+            "flood run, room",
+            "flood run, full",
+        )
+        for case in cases:
             rows = [r for r in results["rows"] if r["case"] == case and r["capacity"] == capacity]
             assert {row["program"] for row in rows} == contenders, case
             for row in rows:
