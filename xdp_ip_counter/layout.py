@@ -1,7 +1,8 @@
 """The kernel map layouts, mirrored once for the Python side.
 
-The C definitions in bpf/xdp_ip_counter.c are the source of truth; tests/kernel compares these
-sizes and offsets against the ctypes types bcc generates from the compiled program.
+The C definitions (bpf/source_key.h: the key and the outcomes; bpf/xdp_ip_counter.c: the
+value) are the source of truth; tests/kernel compares these sizes and offsets against the ctypes
+types bcc generates from the compiled program.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 /* Prototype for issue 12 (not the product): a sliding-window HyperLogLog of source addresses,
- * one per (family, protocol, port) sketch, updated per frame after the product's own parsers
- * (bpf/parsing.h) and port filter. Measured by bench/sketch_cost.py; the estimator is
+ * one per (family, protocol, port) sketch, updated per frame after the product's own parse
+ * (bpf/source_key.h) and port filter. Measured by bench/sketch_cost.py; the estimator is
  * bench/prototypes/hll.py, which mirrors the hash below bit for bit (a test checks it).
  *
  * Sketch: HLL_P index bits (m = 2^HLL_P one-byte registers). A register holds the rank
@@ -28,7 +28,7 @@
  *   HASH_PROBE    store the last hash in hash_probe[0] (the hash test)
  */
 #include <uapi/linux/bpf.h>
-#include "parsing.h"
+#include "source_key.h" /* the product's key, outcomes, port filter and parse */
 
 #ifndef HLL_P
 #define HLL_P 14
@@ -61,25 +61,13 @@ struct sketch_ids {
     __u8 id[4]; /* by class; 0 = the class's "other ports" sketch */
 };
 
-struct port_filter {
-    __u64 all_ports;
-    __u64 bits[1024];
-};
-
-enum outcome {
-    OUTCOME_RECORDED = 0,
-    OUTCOME_NOT_IP,
-    OUTCOME_OTHER_PROTOCOL,
-    OUTCOME_PORT_FILTERED,
-    OUTCOME_MALFORMED,
-    OUTCOME_SLOT_RESET,
-    OUTCOME_MAX,
-};
+/* The product's outcomes (source_key.h), and one more counter: slots cleared for a new tick. */
+#define SLOT_RESETS OUTCOME_MAX
 
 BPF_ARRAY(port_filter, struct port_filter, 1);
 BPF_ARRAY(sketch_of_port, struct sketch_ids, 65536);
 BPF_PERCPU_ARRAY(sketches, struct hll_slot, NSKETCH * RING);
-BPF_PERCPU_ARRAY(stats, __u64, OUTCOME_MAX);
+BPF_PERCPU_ARRAY(stats, __u64, OUTCOME_MAX + 1);
 #ifdef VARY_SOURCE
 BPF_PERCPU_ARRAY(frame_number, __u64, 1);
 #endif
@@ -98,12 +86,7 @@ static __always_inline int count(__u32 outcome)
 static __always_inline int port_watched(__u16 port)
 {
     __u32 zero = 0;
-    struct port_filter *filter = port_filter.lookup(&zero);
-    if (!filter)
-        return 0;
-    if (filter->all_ports)
-        return 1;
-    return (filter->bits[port >> 6] >> (port & 63)) & 1;
+    return port_in_filter(port_filter.lookup(&zero), port);
 }
 
 /* The source address as the product's key holds it (IPv4-mapped for IPv4), read as two
@@ -162,11 +145,11 @@ static __always_inline void sketch_update(__u64 lo, __u64 hi, int is_v6, __u8 pr
         return;
 #ifdef ALWAYS_RESET
     clear_slot(slot, tick);
-    count(OUTCOME_SLOT_RESET);
+    count(SLOT_RESETS);
 #else
     if (slot->tick != tick) {
         clear_slot(slot, tick);
-        count(OUTCOME_SLOT_RESET);
+        count(SLOT_RESETS);
     }
 #endif
     __u64 h = address_hash(lo, hi);
@@ -184,53 +167,18 @@ static __always_inline void sketch_update(__u64 lo, __u64 hi, int is_v6, __u8 pr
 
 int hll_sketch(struct xdp_md *ctx)
 {
-    void *data = (void *)(long)ctx->data;
-    void *end = (void *)(long)ctx->data_end;
-    struct hdr_cursor c = {.pos = data};
+    struct source_key key = {};
     __u32 ip_len = 0;
     __u64 lo, hi;
-    int is_v6;
-    void *l3;
 
-    int eth_type = parse_ethhdr(&c, end);
-    if (eth_type < 0)
-        return count(OUTCOME_MALFORMED);
-    l3 = c.pos;
-    int l4proto;
-    if (eth_type == net16(ETH_P_IP)) {
-        struct iphdr *iph;
-        l4proto = parse_iphdr(&c, end, &iph, &ip_len);
-        if (l4proto < 0)
-            return count(OUTCOME_MALFORMED);
-        is_v6 = 0;
-        lo = 0;
-        /* bytes 8..15 of ::ffff:a.b.c.d, little-endian: 00 00 ff ff a b c d */
-        hi = 0xFFFF0000ULL | ((__u64)iph->saddr << 32);
-    } else if (eth_type == net16(ETH_P_IPV6)) {
-        struct ipv6hdr *ip6h;
-        l4proto = parse_ip6hdr(&c, end, &ip6h, &ip_len);
-        if (l4proto < 0)
-            return count(OUTCOME_MALFORMED);
-        is_v6 = 1;
-        __builtin_memcpy(&lo, &ip6h->saddr.in6_u.u6_addr8[0], 8);
-        __builtin_memcpy(&hi, &ip6h->saddr.in6_u.u6_addr8[8], 8);
-    } else {
-        return count(OUTCOME_NOT_IP);
-    }
-
-    int port;
-    if (l4proto == IPPROTO_TCP)
-        port = parse_tcp_dport(&c, end);
-    else if (l4proto == IPPROTO_UDP)
-        port = parse_udp_dport(&c, end);
-    else
-        return count(OUTCOME_OTHER_PROTOCOL);
-    if (port < 0)
-        return count(OUTCOME_MALFORMED);
-    if (c.pos - l3 > ip_len)
-        return count(OUTCOME_MALFORMED);
-    if (!port_watched(port))
+    int outcome = parse_source_key(ctx, &key, &ip_len);
+    if (outcome != SOURCE_KEY_PARSED)
+        return count(outcome);
+    if (!port_watched(key.port))
         return count(OUTCOME_PORT_FILTERED);
+    /* The address as two little-endian 64-bit words (for IPv4: ::ffff:a.b.c.d). */
+    __builtin_memcpy(&lo, &key.addr[0], 8);
+    __builtin_memcpy(&hi, &key.addr[8], 8);
 
 #ifdef VARY_SOURCE
     __u32 zero_index = 0;
@@ -241,7 +189,7 @@ int hll_sketch(struct xdp_md *ctx)
     }
 #endif
 #ifndef NO_SKETCH
-    sketch_update(lo, hi, is_v6, l4proto, port);
+    sketch_update(lo, hi, key.family == 6, key.proto, key.port);
 #endif
     return count(OUTCOME_RECORDED);
 }

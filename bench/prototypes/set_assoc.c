@@ -1,6 +1,6 @@
 /* Prototype for issue 12 (the new-source path), measured by bench/prototype_cost.py; not the
  * product. The product's key (interface, source, protocol, port), parsed by the product's
- * bpf/parsing.h, recorded in a set-associative table of our own in an array map instead of an
+ * bpf/source_key.h, recorded in a set-associative table of our own in an array map instead of an
  * LRU hash:
  *
  * - The table is an array of SETS sets of WAYS slots of 64 bytes (one cache line each); one
@@ -23,7 +23,7 @@
  * unrolled scans done twice.
  */
 #include <uapi/linux/bpf.h>
-#include "parsing.h"
+#include "source_key.h" /* the product's key, port filter and parse */
 
 #ifndef SET_BITS
 #define SET_BITS 13
@@ -35,14 +35,6 @@
 #define WINDOW_NS 60000000000ULL
 #endif
 #define SETS (1 << SET_BITS)
-
-struct source_key {
-    __u8 addr[16];
-    __u32 ifindex;
-    __u16 port;
-    __u8 proto;
-    __u8 family;
-} __attribute__((aligned(8)));
 
 #ifndef TAG_LINE
 struct slot {
@@ -77,11 +69,6 @@ struct set {
 };
 #endif
 
-struct port_filter {
-    __u64 all_ports;
-    __u64 bits[1024];
-};
-
 /* Per-CPU outcome counters: recorded in its slot, in a free slot, not recorded (parse or
  * filter), in an evicted live slot, not admitted (budget spent), lost (claim lost twice). */
 enum { P_RECORDED, P_NEW, P_OTHER, P_EVICTED, P_NOT_ADMITTED, P_LOST, P_MAX };
@@ -114,12 +101,7 @@ static __always_inline __u64 clock_now(void)
 static __always_inline int port_watched(__u16 port)
 {
     __u32 zero = 0;
-    struct port_filter *filter = port_filter.lookup(&zero);
-    if (!filter)
-        return 0;
-    if (filter->all_ports)
-        return 1;
-    return (filter->bits[port >> 6] >> (port & 63)) & 1;
+    return port_in_filter(port_filter.lookup(&zero), port);
 }
 
 static __always_inline __u64 key_hash(const struct source_key *key)
@@ -343,48 +325,10 @@ static __always_inline int record(struct source_key *key, __u32 ip_len)
 
 int set_assoc(struct xdp_md *ctx)
 {
-    void *data = (void *)(long)ctx->data;
-    void *end = (void *)(long)ctx->data_end;
-    struct hdr_cursor c = {.pos = data};
     struct source_key key = {};
     __u32 ip_len = 0;
-    void *l3;
 
-    int eth_type = parse_ethhdr(&c, end);
-    if (eth_type < 0)
+    if (parse_source_key(ctx, &key, &ip_len) != SOURCE_KEY_PARSED || !port_watched(key.port))
         return count(P_OTHER);
-    l3 = c.pos;
-    int l4proto;
-    if (eth_type == net16(ETH_P_IP)) {
-        struct iphdr *iph;
-        l4proto = parse_iphdr(&c, end, &iph, &ip_len);
-        if (l4proto < 0)
-            return count(P_OTHER);
-        key.family = 4;
-        key.addr[10] = 0xff;
-        key.addr[11] = 0xff;
-        __builtin_memcpy(&key.addr[12], &iph->saddr, 4);
-    } else if (eth_type == net16(ETH_P_IPV6)) {
-        struct ipv6hdr *ip6h;
-        l4proto = parse_ip6hdr(&c, end, &ip6h, &ip_len);
-        if (l4proto < 0)
-            return count(P_OTHER);
-        key.family = 6;
-        __builtin_memcpy(key.addr, &ip6h->saddr, 16);
-    } else {
-        return count(P_OTHER);
-    }
-    int port;
-    if (l4proto == IPPROTO_TCP)
-        port = parse_tcp_dport(&c, end);
-    else if (l4proto == IPPROTO_UDP)
-        port = parse_udp_dport(&c, end);
-    else
-        return count(P_OTHER);
-    if (port < 0 || c.pos - l3 > ip_len || !port_watched(port))
-        return count(P_OTHER);
-    key.ifindex = ctx->ingress_ifindex;
-    key.port = port;
-    key.proto = l4proto;
     return record(&key, ip_len);
 }

@@ -17,7 +17,9 @@ from .conftest import CAPACITY
 
 pytestmark = pytest.mark.root
 
-PROGRAM_SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "xdp_ip_counter.c"
+# enum outcome, struct source_key and struct port_filter: shared by the program and the
+# benchmark's prototypes.
+OUTCOME_SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "source_key.h"
 
 
 def _ctypes_layout(struct_type: type[ctypes.Structure]) -> list[tuple[str, int, int]]:
@@ -51,9 +53,9 @@ def test_dtypes_are_little_endian_like_this_machine() -> None:
 
 
 def _enum_outcome() -> list[str]:
-    source = PROGRAM_SOURCE.read_text()
+    source = OUTCOME_SOURCE.read_text()
     match = re.search(r"enum outcome\s*\{(.*?)\};", source, re.S)
-    assert match, "enum outcome not found in bpf/xdp_ip_counter.c"
+    assert match, "enum outcome not found in bpf/source_key.h"
     names = []
     for position, item in enumerate(re.findall(r"OUTCOME_\w+(?:\s*=\s*\w+)?", match.group(1))):
         name, _, value = (part.strip() for part in item.partition("="))

@@ -16,6 +16,8 @@ from xdp_ip_counter.web.config import OPTIONAL_MODULES
 
 from .deb import REPO, BuiltDeb
 
+BPF_SOURCES = sorted((REPO / "bpf").glob("*.[ch]"))
+
 UNIT = "xdp-ip-counter.service"
 CONFIG = "/etc/xdp-ip-counter/config.toml"
 
@@ -127,14 +129,15 @@ def test_deb_installs_program_module_bpf_source_unit_and_config(built_deb: Built
     expected = {
         "/usr/bin/xdp-ip-counter",
         "/usr/lib/python3/dist-packages/xdp_ip_counter/__main__.py",
-        "/usr/share/xdp-ip-counter/bpf/xdp_ip_counter.c",
-        "/usr/share/xdp-ip-counter/bpf/parsing.h",
         f"/lib/systemd/system/{UNIT}",
         CONFIG,
         "/usr/share/man/man8/xdp-ip-counter.8.gz",
         "/usr/share/doc/xdp-ip-counter/copyright",
         "/usr/share/doc/xdp-ip-counter/README.md",
     }
+    # Every file of bpf/: the program and the headers it includes.
+    expected |= {f"/usr/share/xdp-ip-counter/bpf/{path.name}" for path in BPF_SOURCES}
+    assert len(BPF_SOURCES) >= 3, BPF_SOURCES
     assert expected <= paths, f"missing from the .deb: {sorted(expected - paths)}"
     # Every module of the checkout is shipped, the subpackages' too.
     for module in sorted((REPO / "xdp_ip_counter").rglob("*.py")):
@@ -149,8 +152,7 @@ def test_deb_ships_the_checkouts_unit_config_and_bpf_source_unchanged(
     pairs = {
         f"lib/systemd/system/{UNIT}": REPO / "systemd" / UNIT,
         CONFIG.lstrip("/"): REPO / "packaging" / "config.toml",
-        "usr/share/xdp-ip-counter/bpf/xdp_ip_counter.c": REPO / "bpf" / "xdp_ip_counter.c",
-        "usr/share/xdp-ip-counter/bpf/parsing.h": REPO / "bpf" / "parsing.h",
+        **{f"usr/share/xdp-ip-counter/bpf/{path.name}": path for path in BPF_SOURCES},
     }
     for packaged, source in pairs.items():
         assert built_deb.data_file(packaged) == source.read_bytes(), packaged

@@ -97,6 +97,7 @@ def test_files_land_where_they_should(installation: Installation) -> None:
         "usr/lib/python3/dist-packages/xdp_ip_counter/__main__.py",
         "usr/share/xdp-ip-counter/bpf/xdp_ip_counter.c",
         "usr/share/xdp-ip-counter/bpf/parsing.h",
+        "usr/share/xdp-ip-counter/bpf/source_key.h",
         f"lib/systemd/system/{UNIT}",
         CONFIG,
         "usr/share/man/man8/xdp-ip-counter.8.gz",

@@ -154,6 +154,7 @@ def test_wheel_in_a_system_site_packages_venv_serves_metrics(
     installed_bpf = venv / "share" / "xdp-ip-counter" / "bpf"
     assert (installed_bpf / "xdp_ip_counter.c").is_file()
     assert (installed_bpf / "parsing.h").is_file()
+    assert (installed_bpf / "source_key.h").is_file()
     # The venv's package and BPF source, not the checkout's (nor an installed .deb's).
     where = run(
         venv / "bin" / "python", "-c",
