@@ -43,7 +43,7 @@ from xdp_ip_counter.bpf import source_dir
 from xdp_ip_counter.clock import kernel_clock
 
 from . import kernel_cost
-from .prototypes import hll
+from xdp_ip_counter import sketch as hll
 from .stats import ratios, summary
 
 PROTOTYPE = Path(__file__).resolve().parent / "prototypes" / "hll_sketch.c"

@@ -20,9 +20,12 @@ struct source_key {
     __u8 family;
 } __attribute__((aligned(8))); /* read as three 64-bit words by the cache */
 
-/* Watched destination ports: bit (port % 64) of bits[port / 64]. all_ports != 0 watches all. */
+/* The program's configuration. Watched destination ports: bit (port % 64) of bits[port / 64];
+ * all_ports != 0 watches all. window_stamps: the window in units of 2^30 ns, rounded up, for
+ * the sources table's lazy expiry (xdp_ip_counter.c). */
 struct port_filter {
     __u64 all_ports;
+    __u64 window_stamps;
     __u64 bits[1024];
 };
 
@@ -38,6 +41,13 @@ enum outcome {
     OUTCOME_TOO_DEEP,
     OUTCOME_INSERT_FAILED,
     OUTCOME_MAX,
+};
+
+/* Events counted after the outcomes in the same per-CPU array. Order = layout.EVENTS. */
+enum event {
+    EVENT_EVICTED = OUTCOME_MAX, /* a live entry given up for a new key */
+    EVENT_SKETCH_TICKS,          /* sketch slots cleared for a new tick */
+    STATS_MAX,
 };
 
 static __always_inline int verdict_outcome(int verdict)

@@ -1,30 +1,30 @@
 /* xdp_ip_counter: record (ingress interface, source address, L4 protocol, destination port)
- * for every IPv4/IPv6 TCP or UDP frame to a watched port. Parse, filter, record; always XDP_PASS.
+ * for every IPv4/IPv6 TCP or UDP frame to a watched port, in an exact table and in a sliding-
+ * window cardinality sketch. Parse, filter, record; always XDP_PASS.
  *
- * Compiled by bcc at start-up with these -D settings from the daemon:
- *   MAX_ENTRIES  capacity of the sources LRU hash
- *   LRU_FLAGS    map flags for it (0, or BPF_F_NO_COMMON_LRU)
+ * Compiled by bcc at start-up with these -D settings from the daemon (xdp_ip_counter/bpf.py):
+ *   SET_BITS     log2 of the sets of the sources table (WAYS slots each)
+ *   NSKETCH      sketches (4 "other ports" sketches + 4 per port with a sketch of its own)
  *   CLOCK_JIFFY_ZERO, CLOCK_TICK_NS   the clock (below), calibrated by xdp_ip_counter/clock.py
- * The daemon does not pass CACHE_BITS, log2 of the slots per CPU of the cache of recently seen
- * keys: it is 10 unless a build sets it, and userspace reads the slot count from the map.
  *
- * Benchmark steps (bench/kernel_cost.py), never set by the daemon: the program as it was before
- * each of its optimisations, so that the benchmark's baselines parse with this code.
+ * Benchmark steps (bench/kernel_cost.py), never set by the daemon:
  *   COARSE_CLOCK  clock_now() calls bpf_ktime_get_coarse_ns() instead of reading jiffies
- *   NO_CACHE      no per-CPU cache: every recorded frame is an LRU-hash lookup and in-place
- *                 update, an insert for a new key (with COARSE_CLOCK: the program's first
- *                 version, the benchmark's baseline)
  *   PARSE_ONLY    parse, filter and count the outcome, but record nothing
+ *   NO_SKETCH     record in the table only: no sketch update
+ * (The first version, one LRU-hash lookup and an insert per new source, is
+ * bench/programs/first_version.c: the benchmarks' baseline.)
  */
 #include <uapi/linux/bpf.h>
 #include "source_key.h" /* struct source_key, struct port_filter, outcomes, the parse */
 
-#ifndef MAX_ENTRIES
-#define MAX_ENTRIES 262144
+#ifndef SET_BITS
+#define SET_BITS 15
 #endif
-#ifndef LRU_FLAGS
-#define LRU_FLAGS 0
+#ifndef NSKETCH
+#define NSKETCH 20
 #endif
+#define WAYS 8 /* the verifier gives up (E2BIG) at 16 */
+#define SETS (1 << SET_BITS)
 
 /* Times are clock_now() below; bytes are IP bytes (header included). */
 struct source_value {
@@ -54,9 +54,55 @@ static __always_inline __u64 clock_now(void)
 }
 #endif
 
-BPF_F_TABLE("lru_hash", struct source_key, struct source_value, sources, MAX_ENTRIES, LRU_FLAGS);
+/* -- the sources table ---------------------------------------------------------------------
+ *
+ * A set-associative table of our own in an array map, instead of an LRU hash, whose miss and
+ * insert (a cold bucket and element walk, allocation, list work) cost ~400 ns per new source.
+ * One array element is one set: a line of WAYS tag words, then WAYS slots of 64 bytes. A frame
+ * costs one inlined array lookup, the tag line and, when a tag matches, its slot's line.
+ *
+ * A key's set is the top SET_BITS bits of key_hash(); its tag word is
+ *   TAG_HASH (the hash's low 32 bits | 1, so never 0) << 32 | ESTABLISHED | stamp
+ * with stamp = last seen in units of 2^30 ns (31 bits) and ESTABLISHED = seen in two frames or
+ * more. A tag word of 0 was never used; a tag word whose hash part is 0 and is not 0 (BUSY) is
+ * being written by one CPU: nobody else matches it, evicts it or reads it.
+ *
+ * - Lazy expiry: a slot whose stamp is more than the window (port_filter.window_stamps) old is
+ *   free. A key that comes back after that starts a new entry (first seen, counts from zero).
+ * - Replacement when the set has no free slot: the one-packet slot seen longest ago, and only
+ *   when there is none the established slot seen longest ago. A flood of one-packet sources
+ *   churns the one-packet slots and leaves sources that keep sending where they are (the LRU's
+ *   active list did that before). A live slot given up is counted (EVENT_EVICTED) and marks
+ *   the victim's sketch as lossy for this tick: its count is an estimate for a window.
+ * - Claiming: compare-and-exchange of the tag word from the value seen to BUSY, write the key
+ *   and the first frame's counts, then publish the tag (an atomic exchange: a full barrier).
+ *   Another CPU with the same new key meanwhile claims a second slot of the set: the reader
+ *   (xdp_ip_counter/table.py) merges such duplicates, and the counts add up exactly.
+ * - Counts are added atomically: a source sending on several RX queues loses nothing.
+ * - BPF_F_MMAPABLE: userspace reads the table through mmap, without syscalls or copies.
+ */
+struct slot {
+    struct source_value value;
+    struct source_key key;
+    __u64 unused;
+}; /* 64 bytes */
+
+struct set {
+    __u64 tag[WAYS];
+    struct slot way[WAYS];
+}; /* layout.SET_DTYPE mirrors it */
+
+#define STAMP_SHIFT 30
+#define STAMP_MASK 0x7fffffffULL
+#define ESTABLISHED (1ULL << 31)
+#define BUSY 1ULL
+#define WAY_BITS 4
+#define CLASS_SHIFT 61
+
+BPF_F_TABLE("array", int, struct set, sources, SETS, BPF_F_MMAPABLE);
 BPF_ARRAY(port_filter, struct port_filter, 1);
-BPF_PERCPU_ARRAY(stats, __u64, OUTCOME_MAX);
+/* Per CPU: one counter per outcome (every frame increments exactly one), then the events. */
+BPF_PERCPU_ARRAY(stats, __u64, STATS_MAX);
 
 static __always_inline int count(__u32 outcome)
 {
@@ -66,64 +112,142 @@ static __always_inline int count(__u32 outcome)
     return XDP_PASS;
 }
 
-static __always_inline int port_watched(__u16 port)
-{
-    __u32 zero = 0;
-    return port_in_filter(port_filter.lookup(&zero), port);
-}
-
-/* -- recording ----------------------------------------------------------------------------
+/* -- the sketch ----------------------------------------------------------------------------
  *
- * A lookup in the shared LRU hash (hash the key, walk the bucket, mark the node referenced, two
- * atomic adds) is most of what a frame costs. A source that sends many frames is therefore
- * counted in a per-CPU, direct-mapped cache of recently seen keys (an array map: its lookup is
- * inlined, and per CPU it needs no atomics): while the clock stays on the same tick,
- * further frames of the cached key only add to the slot's pending packets and bytes. The first
- * frame of a key on a new tick goes to the sources map as before (last_seen = that tick), after
- * the slot's pending counts were moved there. So:
+ * A HyperLogLog of source addresses per (port, family, protocol) and tick of 2^TICK_SHIFT ns
+ * (8.6 s): HLL_P index bits, 2^HLL_P one-byte registers, relative standard error
+ * 1.04 / 2^(HLL_P / 2) = 0.81 %. Userspace unions (register-wise max) the ticks of the window.
  *
- * - first_seen and last_seen in the sources map are always exact: a slot never holds a tick
- *   the map has not seen (pending counts are all from the tick in slot->stamp, and that tick
- *   was written to last_seen when the slot was stamped).
- * - packets and bytes = the map's value + the pending counts of the slots holding that key on
- *   every CPU. SourceCache.read_sources() (xdp_ip_counter/cache.py) adds them (seq below makes
- *   that read consistent), and SourceCache.flush(), once DataPath.close() has detached the
- *   program, moves them into the map.
- * - Pending counts belong to an entry only if that entry existed at their tick:
- *   entry.first_seen <= slot->stamp. Counts of an entry that was removed (expired, or evicted
- *   by the LRU) are therefore never added to a later entry of the same key. When their entry
- *   is missing only for a moment (DataPath.expire() takes a refreshed entry out and puts it
- *   back, keeping its first_seen), the slot holds them (and caches nothing new) for up to
- *   HOLD_NS instead of dropping them.
+ * - Which sketch: sketch_of_port[port].id[class], class = (family == 6) * 2 + (proto == UDP);
+ *   0 sends the port to its class's "other ports" sketch (ids 0..3). The daemon gives ports of
+ *   their own sketches (xdp_ip_counter/sketch.py, SketchPlan).
+ * - The ring: RING slots per sketch, slot tick % RING; RING ticks cover the default window, so
+ *   a pinned map keeps it across a restart. A slot remembers its tick; the first CPU to see a
+ *   new tick there wins a compare-and-exchange on it and clears the registers (another CPU's
+ *   register write racing that clear can be lost: a few frames per tick boundary).
+ * - Shared, not per CPU: the memory does not grow with the CPUs. A register is written only
+ *   when a rank beats it, which after the first moments of a tick is rare; two CPUs racing on
+ *   one register can leave it at the lower rank of the two (never higher).
+ * - A source goes into the sketch on its first frame of each tick (a new entry, or an entry
+ *   last seen in an earlier tick): the hot path of a known source does not touch the sketch.
+ * - lost: sources of this sketch's port that the table gave up in this tick (evicted, or a
+ *   claim lost twice): while a tick of the window has any, the port's count is the estimate.
  */
-#ifndef CACHE_BITS
-#define CACHE_BITS 10
+#ifndef HLL_P
+#define HLL_P 14
 #endif
-#define CACHE_SLOTS (1 << CACHE_BITS)
-#define HOLD_NS 1000000000ULL
+#define HLL_M (1 << HLL_P)
+#define HLL_Q (64 - HLL_P)
+#define RING 8
+#define TICK_SHIFT 33
+#define OTHER_SKETCHES 4
 
-/* One slot of the per-CPU cache. The field order is part of the protocol with the reader
- * (SourceCache.read_sources), which copies a slot in ascending address order: the counts first,
- * the key after them, seq last. */
-struct cache_slot {
-    __u64 packets;          /* pending: counted here, not yet in the sources map */
-    __u64 bytes;
-    __u64 stamp;            /* the tick all pending counts are from */
-    struct source_key key;  /* family 0: an empty slot */
-    __u64 seq;              /* odd while pending counts are being moved out of the slot */
+struct sketch_slot {
+    __u64 tick;
+    __u64 lost;
+    __u8 reg[HLL_M];
 };
 
-BPF_PERCPU_ARRAY(source_cache, struct cache_slot, CACHE_SLOTS);
+struct sketch_ids {
+    __u16 id[4]; /* by class */
+};
 
-/* Slot of a key: three multiply-xor rounds over its 64-bit words, top CACHE_BITS bits.
- * Mirrored in xdp_ip_counter/cache.py (cache_index); a kernel test checks the two agree. */
-static __always_inline __u32 cache_index(const struct source_key *key)
+BPF_F_TABLE("array", int, struct sketch_slot, sketches, NSKETCH * RING, BPF_F_MMAPABLE);
+BPF_F_TABLE("array", int, struct sketch_ids, sketch_of_port, 65536, BPF_F_MMAPABLE);
+
+/* The source address as the key holds it, as two little-endian 64-bit words: one multiply,
+ * then murmur3's fmix64 (xor-shifts and multiplies: BPF has no rotate). Mirrored in
+ * xdp_ip_counter/sketch.py (address_hash); a kernel test compares the registers. */
+static __always_inline __u64 address_hash(const struct source_key *key)
+{
+    const __u64 *word = (const __u64 *)key->addr;
+    __u64 h = (word[0] * 0x9E3779B97F4A7C15ULL) ^ word[1];
+    h ^= h >> 33;
+    h *= 0xFF51AFD7ED558CCDULL;
+    h ^= h >> 33;
+    h *= 0xC4CEB9FE1A85EC53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+/* Leading zeros + 1 of x, HLL_Q + 1 when x is 0: a binary search (BPF has no clz). */
+static __always_inline __u8 hll_rank(__u64 x)
+{
+    if (x == 0)
+        return HLL_Q + 1;
+    __u8 n = 1;
+    if (!(x >> 32)) { n += 32; x <<= 32; }
+    if (!(x >> 48)) { n += 16; x <<= 16; }
+    if (!(x >> 56)) { n += 8; x <<= 8; }
+    if (!(x >> 60)) { n += 4; x <<= 4; }
+    if (!(x >> 62)) { n += 2; x <<= 2; }
+    if (!(x >> 63)) { n += 1; }
+    return n;
+}
+
+/* The sketch slot of key's (port, family, protocol) for this tick, cleared if it held an older
+ * tick; NULL if the maps say nothing (cannot happen: arrays). */
+static __always_inline struct sketch_slot *sketch_slot_of(const struct source_key *key,
+                                                          __u64 now)
+{
+    __u32 port = key->port;
+    struct sketch_ids *ids = sketch_of_port.lookup(&port);
+    if (!ids)
+        return NULL;
+    __u32 class = (key->family == 6 ? 2 : 0) | (key->proto == IPPROTO_UDP ? 1 : 0);
+    __u32 id = ids->id[class & 3];
+    if (id == 0 || id >= NSKETCH)
+        id = class;
+    __u64 tick = now >> TICK_SHIFT;
+    __u32 index = id * RING + (__u32)(tick & (RING - 1));
+    struct sketch_slot *slot = sketches.lookup(&index);
+    if (!slot)
+        return NULL;
+    __u64 seen = slot->tick;
+    if (seen != tick && __sync_val_compare_and_swap(&slot->tick, seen, tick) == seen) {
+        /* volatile: clang would make the loop a memset, which BPF cannot call */
+        volatile __u64 *word = (volatile __u64 *)slot->reg;
+        for (int i = 0; i < HLL_M / 8; i++)
+            word[i] = 0;
+        slot->lost = 0;
+        count(EVENT_SKETCH_TICKS);
+    }
+    return slot;
+}
+
+static __always_inline void sketch_add(const struct source_key *key, __u64 now)
+{
+#ifndef NO_SKETCH
+    struct sketch_slot *slot = sketch_slot_of(key, now);
+    if (!slot)
+        return;
+    __u64 h = address_hash(key);
+    __u32 reg = (__u32)(h >> HLL_Q) & (HLL_M - 1);
+    __u8 rank = hll_rank(h << HLL_P);
+    if (slot->reg[reg] < rank)
+        slot->reg[reg] = rank;
+#endif
+}
+
+/* key's port lost a source from the table in this tick. */
+static __always_inline void sketch_lost(const struct source_key *key, __u64 now)
+{
+    struct sketch_slot *slot = sketch_slot_of(key, now);
+    if (slot)
+        __sync_fetch_and_add(&slot->lost, 1);
+}
+
+/* -- recording ----------------------------------------------------------------------------- */
+
+/* Three multiply-xor rounds over the key's 64-bit words, and a final xor-shift. Mirrored in
+ * xdp_ip_counter/table.py (key_hash); a kernel test checks that keys are found where it says. */
+static __always_inline __u64 key_hash(const struct source_key *key)
 {
     const __u64 *word = (const __u64 *)key;
     __u64 h = word[0] * 0x9E3779B97F4A7C15ULL;
     h = (h ^ word[1]) * 0xC2B2AE3D27D4EB4FULL;
     h = (h ^ word[2]) * 0x165667B19E3779F9ULL;
-    return h >> (64 - CACHE_BITS);
+    return h ^ (h >> 29);
 }
 
 static __always_inline int same_key(const struct source_key *a, const struct source_key *b)
@@ -132,83 +256,148 @@ static __always_inline int same_key(const struct source_key *a, const struct sou
     return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2])) == 0;
 }
 
-static __always_inline void update_entry(struct source_value *value, __u64 now, __u64 packets,
-                                         __u64 bytes)
+/* Whether a slot with this tag word is free at stamp: never used, or not seen for a window. */
+static __always_inline int tag_free(__u64 word, __u64 stamp, __u64 window_stamps)
 {
-    if (value->last_seen < now)
-        value->last_seen = now;
-    __sync_fetch_and_add(&value->packets, packets);
-    __sync_fetch_and_add(&value->bytes, bytes);
-}
-
-/* Count one frame in the sources map itself: update the entry, or insert a new one. */
-static __always_inline int record_in_map(struct source_key *key, __u32 ip_len, __u64 now)
-{
-    struct source_value *value = sources.lookup(key);
-    if (!value) {
-        struct source_value fresh = {
-            .first_seen = now, .last_seen = now, .packets = 1, .bytes = ip_len};
-        if (sources.insert(key, &fresh) == 0)
-            return OUTCOME_RECORDED_NEW;
-        /* Another CPU inserted the same key between our lookup and insert. */
-        value = sources.lookup(key);
-        if (!value)
-            return OUTCOME_INSERT_FAILED;
-    }
-    update_entry(value, now, 1, ip_len);
-    return OUTCOME_RECORDED;
-}
-
-/* Move the slot's pending counts into the entry they belong to. Returns 1 when the slot is free
- * for another key or tick (moved, nothing pending, or dropped: their entry is gone for good),
- * 0 when it must hold them a while longer (their entry is missing, but only just). */
-static __always_inline int settle(struct cache_slot *slot, __u64 now)
-{
-    if (slot->packets == 0)
+    if (word == 0)
         return 1;
-    struct source_value *owner = sources.lookup(&slot->key);
-    int belongs = owner && owner->first_seen <= slot->stamp;
-    if (!belongs && now - slot->stamp < HOLD_NS)
+    if ((word >> 32) == 0) /* BUSY */
         return 0;
-    __sync_fetch_and_add(&slot->seq, 1);
-    if (belongs && owner)
-        update_entry(owner, 0, slot->packets, slot->bytes);
-    slot->packets = 0;
-    slot->bytes = 0;
-    __sync_fetch_and_add(&slot->seq, 1);
-    return 1;
+    return ((stamp - word) & STAMP_MASK) > window_stamps;
 }
 
-#ifdef NO_CACHE
-static __always_inline int record(struct source_key *key, __u32 ip_len)
+/* Eviction rank (lower goes first) with the way in its low WAY_BITS bits, so that the minimum
+ * names the victim: free < one-packet < established, older before newer within a class; a
+ * BUSY slot is never chosen. */
+static __always_inline __u64 tag_rank(__u64 word, int w, __u64 stamp, __u64 window_stamps)
 {
-    return count(record_in_map(key, ip_len, clock_now()));
+    if (tag_free(word, stamp, window_stamps))
+        return w;
+    if ((word >> 32) == 0)
+        return ~0ULL;
+    __u64 class = word & ESTABLISHED ? 2 : 1;
+    __u64 age = (stamp - word) & STAMP_MASK; /* older = larger: rank by STAMP_MASK - age */
+    return (class << CLASS_SHIFT) | ((STAMP_MASK - age) << WAY_BITS) | w;
 }
-#else
-static __always_inline int record(struct source_key *key, __u32 ip_len)
+
+/* Claim way w of set for key, whose tag word was `seen` when chosen: 1 when that gave up a live
+ * entry (its key copied to *victim), 0 when the slot was free, -1 when another CPU changed the
+ * tag word since (the caller scans again). */
+static __always_inline int claim(struct set *set, __u32 w, __u64 seen, struct source_key *key,
+                                 __u64 want, __u64 now, __u32 ip_len, __u64 window_stamps,
+                                 struct source_key *victim)
+{
+    __u64 stamp = (now >> STAMP_SHIFT) & STAMP_MASK;
+    w &= WAYS - 1;
+    if (__sync_val_compare_and_swap(&set->tag[w], seen, BUSY) != seen)
+        return -1;
+    struct slot *s = &set->way[w];
+    int evicted = !tag_free(seen, stamp, window_stamps);
+    if (evicted)
+        *victim = s->key;
+    s->value.first_seen = now;
+    s->value.last_seen = now;
+    s->value.packets = 1;
+    s->value.bytes = ip_len;
+    s->key = *key;
+    __sync_lock_test_and_set(&set->tag[w], want | stamp);
+    return evicted;
+}
+
+#define COUNTED 0           /* counted in the key's slot */
+#define COUNTED_NEW_TICK 1  /* counted in the key's slot, its first frame of this tick */
+#define CLAIM 2             /* *way (whose tag word was *seen) is the slot to claim */
+#define ALL_BUSY 3
+
+/* Count the frame in the key's slot of the set, or say which slot to claim for it. */
+static __always_inline int find(struct set *set, struct source_key *key, __u64 want, __u64 now,
+                                __u32 ip_len, __u64 window_stamps, __u32 *way, __u64 *seen)
+{
+    __u64 stamp = (now >> STAMP_SHIFT) & STAMP_MASK;
+#pragma unroll
+    for (int w = 0; w < WAYS; w++) {
+        __u64 word = set->tag[w];
+        if ((word >> 32) != (want >> 32) || !same_key(&set->way[w].key, key))
+            continue;
+        if (tag_free(word, stamp, window_stamps)) { /* expired: a new entry, in this slot */
+            *way = w;
+            *seen = word;
+            return CLAIM;
+        }
+        struct slot *s = &set->way[w];
+        __u64 last = s->value.last_seen;
+        if (last < now)
+            s->value.last_seen = now;
+        __sync_fetch_and_add(&s->value.packets, 1);
+        __sync_fetch_and_add(&s->value.bytes, ip_len);
+        __u64 fresh = want | ESTABLISHED | stamp;
+        if (word != fresh) /* once per key and stamp; a lost race only delays it */
+            __sync_val_compare_and_swap(&set->tag[w], word, fresh);
+        return (last >> TICK_SHIFT) != (now >> TICK_SHIFT) ? COUNTED_NEW_TICK : COUNTED;
+    }
+    __u64 lowest = ~0ULL;
+#pragma unroll
+    for (int w = 0; w < WAYS; w++) {
+        __u64 word = set->tag[w];
+        __u64 rank = tag_rank(word, w, stamp, window_stamps);
+        if (rank < lowest) {
+            lowest = rank;
+            *seen = word;
+        }
+    }
+    if (lowest == ~0ULL)
+        return ALL_BUSY;
+    *way = lowest & ((1 << WAY_BITS) - 1);
+    return CLAIM;
+}
+
+static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 window_stamps)
 {
     __u64 now = clock_now();
-    __u32 index = cache_index(key);
-    struct cache_slot *slot = source_cache.lookup(&index);
-    if (!slot)
-        return count(record_in_map(key, ip_len, now));
-    /* The hot path: this key, this tick, on this CPU. */
-    if (slot->stamp == now && same_key(&slot->key, key)) {
-        slot->packets += 1;
-        slot->bytes += ip_len;
-        return count(OUTCOME_RECORDED);
+    __u64 hash = key_hash(key);
+    int index = hash >> (64 - SET_BITS);
+    struct set *set = sources.lookup(&index);
+    if (!set)
+        return count(OUTCOME_INSERT_FAILED);
+    __u64 want = ((hash & 0xffffffffULL) | 1) << 32;
+    struct source_key victim = {};
+    int outcome = -1, add = 0, lost = 0;
+    /* A claim that loses a race scans once more, and then usually finds the winner's key. */
+#pragma unroll
+    for (int attempt = 0; attempt < 2; attempt++) {
+        __u32 way = 0;
+        __u64 seen = 0;
+        int found = find(set, key, want, now, ip_len, window_stamps, &way, &seen);
+        if (found == COUNTED || found == COUNTED_NEW_TICK) {
+            outcome = OUTCOME_RECORDED;
+            add = found == COUNTED_NEW_TICK;
+            break;
+        }
+        if (found == CLAIM) {
+            int claimed = claim(set, way, seen, key, want, now, ip_len, window_stamps, &victim);
+            if (claimed >= 0) {
+                outcome = OUTCOME_RECORDED_NEW;
+                add = 1;
+                lost = claimed;
+                break;
+            }
+        }
     }
-    if (!settle(slot, now))
-        return count(record_in_map(key, ip_len, now));
-    int outcome = record_in_map(key, ip_len, now);
-    if (outcome != OUTCOME_INSERT_FAILED) {
-        /* Nothing is pending: the reader ignores a slot whose packets are 0. */
-        slot->key = *key;
-        slot->stamp = now;
+    if (outcome < 0) { /* not in the table: in the sketch only, and its port is lossy */
+        outcome = OUTCOME_INSERT_FAILED;
+        victim = *key;
+        add = 1;
+        lost = 1;
+    }
+    if (add)
+        sketch_add(key, now);
+    if (lost) {
+        sketch_lost(&victim, now);
+        if (outcome == OUTCOME_RECORDED_NEW)
+            count(EVENT_EVICTED);
     }
     return count(outcome);
 }
-#endif /* NO_CACHE */
 
 int xdp_ip_counter(struct xdp_md *ctx)
 {
@@ -218,11 +407,13 @@ int xdp_ip_counter(struct xdp_md *ctx)
     int outcome = parse_source_key(ctx, &key, &ip_len);
     if (outcome != SOURCE_KEY_PARSED)
         return count(outcome);
-    if (!port_watched(key.port))
+    __u32 zero = 0;
+    struct port_filter *filter = port_filter.lookup(&zero);
+    if (!port_in_filter(filter, key.port) || !filter)
         return count(OUTCOME_PORT_FILTERED);
 #ifdef PARSE_ONLY
     return count(OUTCOME_RECORDED);
 #else
-    return record(&key, ip_len);
+    return record(&key, ip_len, filter->window_stamps);
 #endif
 }

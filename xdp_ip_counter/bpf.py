@@ -1,21 +1,23 @@
 """The only module that imports bcc: find the program's C source, compile and load it, attach
 it to interfaces through BPF links, and reach its maps.
 
-Reading the sources map goes through the per-CPU cache's protocol (cache.SourceCache), and the
-program is compiled with the clock calibrated in clock.py; neither needs bcc.
+The maps that are read in bulk (the sources table, the sketches) are mapped into the process
+(BPF_F_MMAPABLE) and read as numpy arrays (table.py, sketch.py); the program is compiled with
+the clock calibrated in clock.py. None of those need bcc.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
+import mmap
 import os
 import socket
 import sys
 import sysconfig
-import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,17 +26,17 @@ import numpy as np
 
 from . import bpf_syscall
 from .bpf_syscall import BPFSyscallError
-from .cache import CACHE_SLOT_DTYPE, SourceCache
 from .clock import KernelClock, kernel_clock
 from .config import PortFilter
-from .layout import KEY_DTYPE, OUTCOMES, VALUE_DTYPE
+from .layout import EVENTS, OUTCOMES, SET_DTYPE, SET_WORDS, SKETCH_SLOT_DTYPE, WAYS
 from .memory import release_compiler_memory
+from .sketch import SketchPlan
+from .table import live_entries, set_bits_for, window_stamps
 
 log = logging.getLogger(__name__)
 
 PROGRAM_FILE = "xdp_ip_counter.c"
 FUNCTION = "xdp_ip_counter"
-BPF_F_NO_COMMON_LRU = 1 << 1
 
 
 class CompileError(RuntimeError):
@@ -95,27 +97,35 @@ class Link:
 
 
 class DataPath:
-    """The loaded program and its maps: sources (LRU hash), port_filter, stats (per CPU) and
-    source_cache (per CPU, read through `cache`). `clock` is the calibrated kernel clock the
-    program is compiled with and reads are stamped with (default: the process's)."""
+    """The loaded program and its maps: sources (the table of sets) and sketches, both read
+    through mmap; port_filter (the configuration), sketch_of_port (mmap), stats (per CPU).
+    `clock` is the calibrated kernel clock the program is compiled with and reads are stamped
+    with (default: the process's). `plan` says which ports have sketches of their own; its
+    capacity sizes the sketch map, once."""
 
     def __init__(
-        self, max_entries: int, lru_flags: int = 0, *, clock: KernelClock | None = None
+        self,
+        max_entries: int,
+        plan: SketchPlan | None = None,
+        *,
+        clock: KernelClock | None = None,
+        defines: Mapping[str, str] | None = None,
     ) -> None:
         from bcc import BPF  # noqa: PLC0415 - imported here so that --help works without bcc
-        from bcc.utils import get_possible_cpus  # noqa: PLC0415
 
         directory = source_dir()
         self.clock = clock if clock is not None else kernel_clock()
+        self.plan = plan if plan is not None else SketchPlan()
+        self.set_bits = set_bits_for(max_entries)
         cflags = [
             f"-I{directory}",
-            f"-DMAX_ENTRIES={int(max_entries)}",
-            f"-DLRU_FLAGS={int(lru_flags)}",
+            f"-DSET_BITS={self.set_bits}",
+            f"-DNSKETCH={self.plan.sketches}",
             f"-DCLOCK_JIFFY_ZERO={self.clock.jiffy_zero}ULL",
             f"-DCLOCK_TICK_NS={self.clock.tick_ns}ULL",
             "-Wno-unused-function",
         ]
-        self.max_entries = max_entries
+        cflags += [f"-D{name}={value}" for name, value in (defines or {}).items()]
         try:
             self._bpf = BPF(src_file=str(directory / PROGRAM_FILE).encode(), cflags=cflags)
             self._fn = self._bpf.load_func(FUNCTION.encode(), BPF.XDP)
@@ -125,28 +135,26 @@ class DataPath:
             ) from exc
         self.prog_fd: int = self._fn.fd
         release_compiler_memory()
-        self._sources = self._bpf[b"sources"]
+        sources = self._bpf[b"sources"]
+        sketches = self._bpf[b"sketches"]
+        sketch_of_port = self._bpf[b"sketch_of_port"]
+        assert ctypes.sizeof(sources.Leaf) == SET_DTYPE.itemsize
+        assert ctypes.sizeof(sketches.Leaf) == SKETCH_SLOT_DTYPE.itemsize
         self._port_filter = self._bpf[b"port_filter"]
         self._stats = self._bpf[b"stats"]
-        cache_table = self._bpf[b"source_cache"]
-        self.sources_fd: int = self._sources.get_fd()
-        self._cache = SourceCache(
-            cache_fd=cache_table.get_fd(),
-            slots=cache_table.max_entries,
-            cpus=len(get_possible_cpus()),
-            sources_fd=self.sources_fd,
-            max_entries=max_entries,
+        self.sources_fd: int = sources.get_fd()
+        self.sketches_fd: int = sketches.get_fd()
+        self.sets = sources.max_entries
+        self.capacity = self.sets * WAYS
+        self._sources_map = MappedArray(self.sources_fd, SET_DTYPE.itemsize, self.sets)
+        self._sketches_map = MappedArray(
+            self.sketches_fd, SKETCH_SLOT_DTYPE.itemsize, sketches.max_entries
         )
+        self.sketch_of_port_fd: int = sketch_of_port.get_fd()
+        self._sketch_of_port = MappedArray(self.sketch_of_port_fd, 8, 65536)
         self.links: dict[str, Link] = {}
         self.ports: PortFilter | None = None
-        assert ctypes.sizeof(self._sources.Key) == KEY_DTYPE.itemsize
-        assert ctypes.sizeof(self._sources.Leaf) == VALUE_DTYPE.itemsize
-        assert ctypes.sizeof(cache_table.sLeaf) == CACHE_SLOT_DTYPE.itemsize
-
-    @property
-    def cache(self) -> SourceCache:
-        """The per-CPU cache of recent sources, as its protocol reads it."""
-        return self._cache
+        self.window: int | None = None
 
     def table(self, name: str) -> Any:
         """One of the program's maps as bcc's table object (its generated ctypes Key and Leaf,
@@ -155,22 +163,34 @@ class DataPath:
 
     # -- configuration ---------------------------------------------------------------------
 
-    def _write_filter(self, all_ports: bool, ports: Iterable[int]) -> None:
+    def _write_filter(self, all_ports: bool, ports: Iterable[int], window: int) -> None:
         value = self._port_filter.Leaf()
         value.all_ports = 1 if all_ports else 0
+        value.window_stamps = window_stamps(window)
         for port in ports:
             value.bits[port >> 6] |= 1 << (port & 63)
         self._port_filter[ctypes.c_int(0)] = value
 
-    def set_ports(self, ports: PortFilter) -> None:
-        """Write the watched ports; safe while attached: a port watched before and after is
-        never filtered out in between (the union is written first, then the new set)."""
-        if self.ports is not None and self.ports != ports:
+    def configure(self, ports: PortFilter, window: int, plan: SketchPlan | None = None) -> None:
+        """Write the watched ports, the window (the table's lazy expiry) and the ports' sketch
+        ids; safe while attached: a port watched before and after is never filtered out in
+        between (the union is written first, then the new set), and the longer of the two
+        windows holds meanwhile. `plan` must keep the sketches the map was made for."""
+        if plan is not None:
+            if plan.sketches != self.plan.sketches:
+                raise ValueError("internal error: a sketch plan of another size")
+            self.plan = plan
+        ids = self._sketch_of_port.words(np.uint16).reshape(65536, 4)
+        ids[:] = self.plan.port_ids()
+        if self.ports is not None and (self.ports, self.window) != (ports, window):
             self._write_filter(
-                self.ports.all_ports or ports.all_ports, self.ports.ports | ports.ports
+                self.ports.all_ports or ports.all_ports,
+                self.ports.ports | ports.ports,
+                max(self.window or window, window),
             )
-        self._write_filter(ports.all_ports, ports.ports)
+        self._write_filter(ports.all_ports, ports.ports, window)
         self.ports = ports
+        self.window = window
 
     # -- attachment -------------------------------------------------------------------------
 
@@ -208,78 +228,73 @@ class DataPath:
             link.close()
 
     def close(self) -> None:
-        """Detach from every interface, move the cache's pending counts into the sources map
-        (which may be pinned and outlive us), and release the program and maps."""
+        """Detach from every interface and release the program and maps (a pinned map lives
+        on in its pin)."""
         for ifname in list(self.links):
             self.detach(ifname)
-        try:
-            self._cache.flush()
-        except BPFSyscallError as exc:
-            log.warning("could not move the last pending counts into the sources map: %s", exc)
+        for mapped in (self._sources_map, self._sketches_map, self._sketch_of_port):
+            mapped.close()
         self._bpf.cleanup()
 
     # -- reading ----------------------------------------------------------------------------
 
-    def read_sources(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """Every entry of the sources map as (keys, values) numpy arrays, with the counts still
-        pending in the per-CPU cache added (SourceCache.read_sources), and the kernel clock
-        just before the read."""
+    def table_words(self) -> np.ndarray:
+        """The sources table as (sets, SET_WORDS) uint64, a view of the map itself."""
+        return self._sources_map.words(np.uint64).reshape(self.sets, SET_WORDS)
+
+    def read_sources(self, window: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """The table's live entries (each key once) as (keys, values) numpy arrays, and the
+        kernel clock just before the read. Live: what the kernel has not let go, with the
+        window given or configured."""
         now = self.clock.now_ns()
-        keys, values = self.cache.read_sources()
+        keys, values = live_entries(self.table_words(), now, window or self.window or 0)
         return keys, values, now
+
+    def sketch_slots(self) -> np.ndarray:
+        """The sketch map's slots (SKETCH_SLOT_DTYPE), sketch * RING + tick % RING: a view of
+        the map itself."""
+        return self._sketches_map.words(np.uint8).view(SKETCH_SLOT_DTYPE)
+
+    def read_sketches(self) -> np.ndarray:
+        """A copy of the sketch map's slots."""
+        return self.sketch_slots().copy()
 
     def read_stats(self) -> dict[str, int]:
         """Frames per outcome, summed over CPUs."""
-        totals = {}
-        for index, name in enumerate(OUTCOMES):
-            totals[name] = int(self._stats.sum(ctypes.c_int(index)).value)
-        return totals
+        return {name: self._stat(index) for index, name in enumerate(OUTCOMES)}
 
-    def expire(self, keys: np.ndarray, cutoff_ns: int) -> int:
-        """Remove the given keys unless they were seen at or after cutoff_ns.
+    def read_events(self) -> dict[str, int]:
+        """Events (layout.EVENTS) since the program was loaded, summed over CPUs."""
+        return {name: self._stat(len(OUTCOMES) + i) for i, name in enumerate(EVENTS)}
 
-        Each key is taken out atomically (lookup-and-delete); one that a packet refreshed since
-        the snapshot is put back, merged with anything inserted for it meanwhile, so no hit is
-        lost. Returns how many entries were removed for good.
-        """
-        rows = np.require(keys, KEY_DTYPE, ["C_CONTIGUOUS", "WRITEABLE"])  # copied if need be
-        raw_values, found = bpf_syscall.map_lookup_and_delete_each(
-            self.sources_fd, memoryview(rows).cast("B"), KEY_DTYPE.itemsize, VALUE_DTYPE.itemsize
+    def _stat(self, index: int) -> int:
+        return int(self._stats.sum(ctypes.c_int(index)).value)
+
+    def clear(self) -> None:
+        """Forget every entry and sketch (tests, between cases; never while frames arrive)."""
+        self.table_words()[:] = 0
+        self._sketches_map.words(np.uint8)[:] = 0
+
+
+class MappedArray:
+    """An array map with BPF_F_MMAPABLE, mapped into this process: elements of value_size
+    bytes (the kernel rounds them up to 8) as one buffer."""
+
+    def __init__(self, fd: int, value_size: int, entries: int) -> None:
+        self.size = ((value_size + 7) // 8 * 8) * entries
+        length = -(-self.size // mmap.PAGESIZE) * mmap.PAGESIZE
+        self._mmap: mmap.mmap | None = mmap.mmap(
+            fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
         )
-        taken = np.frombuffer(found, dtype=np.uint8).astype(bool)
-        values = np.frombuffer(raw_values, dtype=VALUE_DTYPE, count=len(rows))
-        gone = taken & (values["last_seen"] < np.uint64(max(cutoff_ns, 0)))
-        removed = int(gone.sum())
-        latest_removed = int(values["last_seen"][gone].max()) if removed else 0
-        # Seen at or after the cutoff since the snapshot: put back, merged with anything a
-        # frame inserted for the key meanwhile.
-        for index in np.flatnonzero(taken & ~gone).tolist():
-            self._put_back(rows[index].tobytes(), values[index])
-        # An entry removed in the tick it was last seen in (only with a cutoff in the future:
-        # the daemon's cutoff is a window ago) may still be the key of a cache slot stamped with
-        # this tick, which would count the key's next frames as pending for the entry just
-        # removed. Once the tick is over, the next frame goes to the map and starts a new entry.
-        deadline = time.monotonic() + 1.0
-        while self.clock.now_ns() <= latest_removed and time.monotonic() < deadline:
-            time.sleep(0.0005)
-        return removed
 
-    def _put_back(self, key: bytes, value: np.void) -> None:
-        raw = value.tobytes()
-        try:
-            bpf_syscall.map_update(self.sources_fd, key, raw, bpf_syscall.BPF_NOEXIST)
-            return
-        except BPFSyscallError as exc:
-            if exc.errno != errno.EEXIST:
-                log.warning("could not restore a refreshed entry: %s", exc)
-                return
-        # A packet re-inserted the key in between: merge the two.
-        now_raw = bpf_syscall.map_lookup(self.sources_fd, key, VALUE_DTYPE.itemsize)
-        if now_raw is None:
-            bpf_syscall.map_update(self.sources_fd, key, raw, bpf_syscall.BPF_ANY)
-            return
-        new = np.frombuffer(now_raw, dtype=VALUE_DTYPE)[0].copy()
-        new["first_seen"] = min(int(new["first_seen"]), int(value["first_seen"]))
-        new["packets"] += value["packets"]
-        new["bytes"] += value["bytes"]
-        bpf_syscall.map_update(self.sources_fd, key, new.tobytes(), bpf_syscall.BPF_ANY)
+    def words(self, dtype: type) -> np.ndarray:
+        if self._mmap is None:
+            raise ValueError("the map is no longer mapped")
+        return np.frombuffer(self._mmap, dtype=dtype, count=self.size // np.dtype(dtype).itemsize)
+
+    def close(self) -> None:
+        if self._mmap is not None:
+            # A view still exported: the mapping goes with the process.
+            with contextlib.suppress(BufferError):
+                self._mmap.close()
+            self._mmap = None

@@ -206,6 +206,38 @@ def parse_ports(value: str | list[Any], source: str) -> PortFilter:
     return PortFilter.of(port for low, high in ranges for port in range(low, high + 1))
 
 
+MAX_FLEET_PORTS = 16  # 4,096 series per port, family and protocol: keep a scrape bounded
+
+
+def parse_fleet_ports(value: str | list[Any], source: str) -> tuple[int, ...]:
+    """Ports whose sketches are exported for fleet-wide counts: "22,53" or [22, 53]; "" or []
+    for none. Single ports only (each costs series), 1..65535, sorted, each once."""
+    items: list[Any]
+    if isinstance(value, str):
+        items = [item for item in value.split(",") if item.strip()] if value.strip() else []
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ConfigError(
+            source, f"expected an array such as [22, 53], got {_describe_value(value)}"
+        )
+    ports = set()
+    for position, item in enumerate(items, start=1):
+        port = (
+            int(item.strip())
+            if isinstance(item, str) and _PORT_TEXT.fullmatch(item.strip())
+            else item
+        )
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise ConfigError(
+                source, f"item {position}: expected a port number, got {_describe_value(item)}"
+            )
+        if not 1 <= port <= 65535:
+            raise ConfigError(source, f"item {position}: port {port} is outside 1..65535")
+        ports.add(port)
+    return tuple(sorted(ports))
+
+
 # --------------------------------------------------------------------------------------------
 # Checks of one value each: `where` starts the message ("argument -w/--window", "<file>: key ...")
 
@@ -291,6 +323,19 @@ def _check_web_config_file(value: object, where: str) -> None:
 def _check_ports(value: object, where: str) -> None:
     if not isinstance(value, PortFilter):
         raise ConfigError(where, f"expected a PortFilter, got {_describe_value(value)}")
+
+
+def _check_fleet_ports(value: object, where: str) -> None:
+    if not isinstance(value, tuple) or not all(
+        isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in value
+    ):
+        raise ConfigError(where, f"expected ports 1..65535, got {_describe_value(value)}")
+    if len(value) > MAX_FLEET_PORTS:
+        raise ConfigError(
+            where,
+            f"at most {MAX_FLEET_PORTS} ports (each exports 16,384 series: 4,096 registers "
+            f"per family and protocol), got {len(value)}",
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -454,6 +499,19 @@ SETTINGS: tuple[Setting, ...] = (
         original=True,
     ),
     Setting(
+        key="fleet_ports",
+        flags=("--fleet-ports",),
+        metavar="PORTS",
+        help="Comma-separated ports whose sketch registers are exported "
+        "(active_users_hll_register) for distinct sources across hosts "
+        "(fleet:active_users:union); each must be watched",
+        file_types=(list,),
+        check=_check_fleet_ports,
+        from_flag=parse_fleet_ports,
+        from_file=parse_fleet_ports,
+        show=lambda value: ",".join(map(str, value)) or "none",
+    ),
+    Setting(
         key="listen_address",
         flags=("--listen-address",),
         metavar="ADDRESS",
@@ -559,6 +617,7 @@ class Settings:
     interfaces: tuple[str, ...] = ("eth0",)
     ports: PortFilter = field(default_factory=PortFilter.all)
     window: int = 60
+    fleet_ports: tuple[int, ...] = ()
     listen_address: str = "0.0.0.0"
     server_port: int = 3031
     serve_ip_list: bool = False
@@ -580,6 +639,12 @@ class Settings:
                 self.origin(blamed),
                 f"the window ({self.window} s) must be a multiple of refresh_interval "
                 f"({self.refresh_interval} s)",
+            )
+        unwatched = [p for p in self.fleet_ports if p not in self.ports]
+        if unwatched:
+            raise ConfigError(
+                self.origin("fleet_ports"),
+                f"port {unwatched[0]} is not watched (ports: {self.ports})",
             )
 
     def origin(self, name: str) -> str:

@@ -22,36 +22,17 @@ from .config import ConfigError, Settings, diff, needs_restart, validate_interfa
 from .metrics import View
 from .pinning import PinError, restore_and_pin
 from .routes import MetricsServer
+from .sketch import SketchCounts, SketchPlan, SketchWindow
 from .systemd import Notifier
 from .web.config import NO_WEB_CONFIG, WebConfig, load_web_config
 from .web.server import ListenError
-from .window import Snapshot, active_set, stale_keys
+from .window import Snapshot, active_set
 
 log = logging.getLogger("xdp_ip_counter")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-
-
-class EvictionCount:
-    """LRU evictions, which the kernel does not count, derived from what it does count: every
-    entry was inserted by the program (recorded_new) or was there at the first refresh, and
-    left by our expiry or by eviction. Kept monotonic; exact up to the inserts that land between
-    reading the stats and reading the map, which the next refresh accounts for."""
-
-    def __init__(self) -> None:
-        self._baseline: int | None = None
-        self._removed = 0
-        self.total = 0
-
-    def update(self, entries: int, inserted: int, removed_now: int) -> int:
-        if self._baseline is None:
-            self._baseline = entries - inserted
-        evicted = self._baseline + inserted - self._removed - entries
-        self._removed += removed_now
-        self.total = max(self.total, evicted)
-        return self.total
 
 
 class WallClock:
@@ -142,7 +123,7 @@ class Daemon:
         self._ifnames: dict[int, str] = dict(interface_names or {})
         self._view: View | None = None
         self._refresh_failures = 0
-        self._evictions = EvictionCount()
+        self._sketch_window: SketchWindow | None = None
         self._reload_time = wall_time()
         # The last reload, if it was refused: STATUS= and the reload metric say so.
         self._rejected_reload: RejectedReload | None = None
@@ -167,11 +148,13 @@ class Daemon:
         else:
             self._server.set_web_config(web)
         if self._datapath is None:
-            self._datapath = DataPath(s.max_entries)
+            plan = SketchPlan.initial(s.ports.ports, s.fleet_ports)
+            self._datapath = DataPath(s.max_entries, plan)
         if s.pin_path:
-            carried = restore_and_pin(Path(s.pin_path), self._datapath.sources_fd, s.max_entries)
-            log.info("sources map pinned in %s (%d entries carried over)", s.pin_path, carried)
-        self._datapath.set_ports(s.ports)
+            carried = restore_and_pin(Path(s.pin_path), self._datapath, s.window)
+            log.info("maps pinned in %s (%d entries carried over)", s.pin_path, carried)
+        self._configure(s)
+        self._sketch_window = SketchWindow(self._datapath.plan.sketches)
         for ifname in s.interfaces:
             self._attach(ifname)
         # Before any thread starts: capset changes only the calling thread, and threads
@@ -204,6 +187,23 @@ class Daemon:
             log.warning("%s", note)
         return web
 
+    def _configure(self, settings: Settings) -> None:
+        """Ports, window and sketch ids into the kernel; ports left without a sketch of their
+        own (no room in the map made at start-up) are named in the log."""
+        assert self._datapath is not None
+        plan = self._datapath.plan.updated(settings.ports.ports, settings.fleet_ports)
+        left_out = plan.left_out(settings.ports.ports, settings.fleet_ports)
+        if left_out:
+            log.warning(
+                "%d ports have no sketch of their own (room for %d; restart to make more): %s; "
+                "past the table's capacity their counts are lower bounds, see "
+                "active_users_other_ports",
+                len(left_out),
+                plan.capacity,
+                ",".join(map(str, left_out[:20])) + (",..." if len(left_out) > 20 else ""),
+            )
+        self._datapath.configure(settings.ports, settings.window, plan)
+
     def _attach(self, ifname: str) -> None:
         assert self._datapath is not None
         link = self._datapath.attach(ifname, self.settings.xdp_mode)
@@ -215,14 +215,15 @@ class Daemon:
         return self._view
 
     def refresh(self) -> None:
-        """Snapshot the kernel maps, compute the active set, expire what left the window."""
-        assert self._datapath is not None
+        """Snapshot the kernel maps, compute the active set and the sketches' window."""
+        assert self._datapath is not None and self._sketch_window is not None
         started = time.monotonic()
+        window = self.settings.window
         try:
-            # Stats first: an insert between the two reads is then in the map but not yet in
-            # recorded_new, which EvictionCount tolerates (it never over-counts).
             stats = self._datapath.read_stats()
+            events = self._datapath.read_events()
             keys, values, taken_ns = self._datapath.read_sources()
+            slots = self._datapath.read_sketches()
             wall = self._clock.wall(taken_ns)
         except OSError as exc:
             self._refresh_failures += 1
@@ -236,28 +237,16 @@ class Daemon:
             taken_at_ns=taken_ns,
             taken_at_wall=wall,
             stats=stats,
-            # A batch read that races a flood sees entries evicted behind it and entries
-            # inserted ahead of it: more rows than the map ever held at once. The map itself
-            # never holds more than its capacity, and neither does this gauge.
-            entries_in_map=min(len(keys), self.settings.max_entries),
-            capacity=self.settings.max_entries,
+            entries_in_map=len(keys),
+            capacity=self._datapath.capacity,
         )
-        window = self.settings.window
         active = active_set(snapshot, window, self._ifnames)
-        stale = stale_keys(snapshot, window)
-        removed = 0
-        if len(stale):
-            try:
-                removed = self._datapath.expire(stale, taken_ns - window * 1_000_000_000)
-            except OSError as exc:
-                self._refresh_failures += 1
-                log.error("expiring old entries failed: %s", exc)
-        evictions = self._evictions.update(
-            snapshot.entries_in_map, stats.get("recorded_new", 0), removed
-        )
+        union = self._sketch_window.update(slots, taken_ns, window)
+        sketches = SketchCounts.of(union, self._datapath.plan, self.settings.fleet_ports)
         self._view = View(
             active=active,
             snapshot=snapshot,
+            sketches=sketches,
             settings=self.settings,
             version=__version__,
             last_refresh_time=wall,
@@ -265,7 +254,7 @@ class Daemon:
             refresh_failures=self._refresh_failures,
             reload_successful=self.reload_successful,
             reload_time=self._reload_time,
-            evictions=evictions,
+            evictions=events["evicted"],
         )
 
     def _status(self) -> str:
@@ -350,8 +339,8 @@ class Daemon:
             for ifname in attached:
                 self._datapath.detach(ifname)
             raise
-        if new.ports != old.ports:
-            self._datapath.set_ports(new.ports)
+        if (new.ports, new.window, new.fleet_ports) != (old.ports, old.window, old.fleet_ports):
+            self._configure(new)
         for ifname in removed:
             self._datapath.detach(ifname)
         if self._server is not None:

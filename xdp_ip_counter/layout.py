@@ -1,16 +1,18 @@
 """The kernel map layouts, mirrored once for the Python side.
 
-The C definitions (bpf/source_key.h: the key and the outcomes; bpf/xdp_ip_counter.c: the
-value) are the source of truth; tests/kernel compares these sizes and offsets against the ctypes
-types bcc generates from the compiled program.
+The C definitions (bpf/source_key.h: the key, the outcomes and events; bpf/xdp_ip_counter.c:
+the value, the table's sets and the sketch's slots) are the source of truth; tests/kernel
+compares these sizes and offsets against the ctypes types bcc generates from the compiled
+program.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# Bumped whenever source_key or source_value change: a map pinned by another layout is not read.
-LAYOUT_VERSION = 1
+# Bumped whenever source_key, source_value, the set or the sketch slot change: a map pinned by
+# another layout is not read.
+LAYOUT_VERSION = 2
 
 # struct source_key (24 bytes). IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d) in addr,
 # with family == 4; IPv6 addresses as they are, with family == 6. port is in host byte order.
@@ -35,17 +37,41 @@ VALUE_DTYPE = np.dtype(
     ]
 )
 
+# The sources table (xdp_ip_counter.c, struct set): one array element is one set, WAYS tag
+# words then WAYS slots of 64 bytes (struct slot: the value, the key, 8 unused bytes).
+WAYS = 8
+SLOT_DTYPE = np.dtype([("value", VALUE_DTYPE), ("key", KEY_DTYPE), ("unused", "<u8")])
+SET_WORDS = WAYS + WAYS * SLOT_DTYPE.itemsize // 8  # 72 64-bit words, 576 bytes
+SET_DTYPE = np.dtype([("tag", "<u8", (WAYS,)), ("way", SLOT_DTYPE, (WAYS,))])
+# A tag word: (the key hash's low 32 bits | 1) << 32 | ESTABLISHED | stamp (last seen >> 30).
+STAMP_SHIFT = 30
+STAMP_MASK = (1 << 31) - 1
+ESTABLISHED = 1 << 31
+
+# The sketch (struct sketch_slot): HLL_P index bits, one byte per register; RING slots per
+# sketch, one per tick of 2**TICK_SHIFT ns; sketches 0..3 are the "other ports" sketches.
+HLL_P = 14
+RING = 8
+TICK_SHIFT = 33
+OTHER_SKETCHES = 4
+SKETCH_SLOT_DTYPE = np.dtype([("tick", "<u8"), ("lost", "<u8"), ("reg", "u1", (1 << HLL_P,))])
+
 # Index of each outcome in the per-CPU stats array; every frame increments exactly one of them.
 OUTCOMES = (
     "recorded",  # a known (interface, source, protocol, port) updated in place
-    "recorded_new",  # a new key inserted (the LRU may have evicted an older one for it)
+    "recorded_new",  # a new entry (in a free slot, or one given up by another key)
     "not_ip",  # EtherType neither IPv4 nor IPv6 (ARP, LLDP, ...)
     "other_protocol",  # IP, but not TCP/UDP: ICMP, ESP, No Next Header, unknown extension header
     "port_filtered",  # TCP/UDP to a port that is not watched
     "fragment",  # a non-first fragment: it carries no ports
     "malformed",  # truncated or invalid at some layer
     "too_deep",  # more VLAN tags or IPv6 extension headers than the parser walks
-    "insert_failed",  # a new key that could not be inserted
+    "insert_failed",  # a new key that could not be given a slot (two claims lost to races)
+)
+# Counted after the outcomes in the same per-CPU array (enum event).
+EVENTS = (
+    "evicted",  # a live entry given up for a new key (the table's set was full)
+    "sketch_ticks",  # sketch slots cleared for a new tick
 )
 
 PROTOCOLS = {6: "tcp", 17: "udp"}

@@ -27,6 +27,7 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from xdp_ip_counter import __version__
 from xdp_ip_counter.config import Settings
 from xdp_ip_counter.layout import FAMILIES, OUTCOMES, PROTOCOLS
+from xdp_ip_counter.sketch import SketchCounts
 from xdp_ip_counter.window import ActiveSet, Snapshot, family_name, protocol_name
 
 PREFIX = "xdp_ip_counter_"
@@ -54,7 +55,8 @@ class View:
     stats: Mapping[str, int] = field(default_factory=dict)  # outcome -> frames, all CPUs
     entries_in_map: int = 0
     capacity: int = 0
-    evictions: int = 0  # entries the LRU evicted since start (derived by the daemon)
+    evictions: int = 0  # live entries the kernel gave up for new ones since start
+    sketches: SketchCounts | None = None  # the window's sketches; None: exact counts only
 
     def __post_init__(self, snapshot: Snapshot | None) -> None:
         if snapshot is not None:
@@ -78,7 +80,7 @@ class ViewCollector:
 
 def metric_families(view: View) -> Iterator[Metric]:
     """The metrics of one View, in a fixed order with samples in a fixed order."""
-    yield _active_users(view)
+    yield from _active_users(view)
 
     frames = CounterMetricFamily(
         PREFIX + "frames",
@@ -90,18 +92,24 @@ def metric_families(view: View) -> Iterator[Metric]:
     yield frames
 
     yield _gauge(
-        "map_entries", "Entries in the kernel sources map at the last refresh", view.entries_in_map
+        "map_entries",
+        "Entries of the kernel sources table seen within the window at the last refresh",
+        view.entries_in_map,
     )
-    yield _gauge("map_capacity", "Capacity of the kernel sources map (max_entries)", view.capacity)
+    yield _gauge(
+        "map_capacity",
+        "Capacity of the kernel sources table (max_entries rounded up to a power of two)",
+        view.capacity,
+    )
     yield CounterMetricFamily(
         PREFIX + "insert_failures",
-        "New sources that could not be inserted into the kernel map",
+        "New sources the kernel table could not take (counted in the sketch only)",
         value=view.stats.get("insert_failed", 0),
     )
     yield CounterMetricFamily(
         PREFIX + "map_evictions",
-        "Entries the kernel's LRU evicted to make room for new sources (a full map: the counts "
-        "cover only the most recently seen max_entries keys)",
+        "Entries seen within the window that the kernel table gave up for new sources (a full "
+        "set: active_users of their ports is the sketch's estimate for a window)",
         value=view.evictions,
     )
     yield _gauge("window_seconds", "Length of the sliding window in seconds", view.settings.window)
@@ -143,33 +151,89 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(PREFIX + name, documentation, value=value)
 
 
-def _active_users(view: View) -> GaugeMetricFamily:
-    """active_users{ip, proto, port}, samples ordered by (port, proto, ip) numerically.
+def _active_users(view: View) -> Iterator[GaugeMetricFamily]:
+    """active_users{ip, proto, port} and active_users_exact (same labels), samples ordered by
+    (port, proto, ip) numerically; active_users_other_ports{ip, proto};
+    active_users_hll_register{ip, proto, port, register} of the fleet ports.
 
     With listed ports every listed port appears for every family and protocol (0 when nobody
     came); with all ports only the ports that were hit appear. A port no longer watched after a
     reload keeps appearing while sources seen on it before are in the window: a reload never
     hides what was seen.
+
+    The count is the exact table's while it held every source of the port in the window;
+    after the table gave one up, the port's sketch estimate (never below the table's count),
+    and active_users_exact says 0. A port without a sketch of its own then shows the table's
+    count, a lower bound (active_users_other_ports has the estimate over all such ports).
     """
-    family = GaugeMetricFamily(
+    users = GaugeMetricFamily(
         "active_users",
         "Distinct source addresses seen within the window, by address family (ip), "
         "protocol and destination port, across all interfaces",
         labels=["ip", "proto", "port"],
     )
+    exact = GaugeMetricFamily(
+        "active_users_exact",
+        "Whether active_users is exact (1) or, past the kernel table's capacity, the sketch's "
+        "estimate or a lower bound (0)",
+        labels=["ip", "proto", "port"],
+    )
     counts = view.active.count_map()
     ports = view.settings.ports
-    if ports.all_ports:
-        for (fam, proto, port), sources in sorted(counts.items(), key=_port_proto_family):
-            family.add_metric([family_name(fam), protocol_name(proto), str(port)], sources)
-        return family
-    shown = dict.fromkeys(
-        ((fam, proto, port) for port in ports.ports for proto in PROTOCOLS for fam in FAMILIES), 0
+    if not ports.all_ports:
+        shown = dict.fromkeys(
+            ((fam, proto, port) for port in ports.ports for proto in PROTOCOLS for fam in FAMILIES),
+            0,
+        )
+        shown.update(counts)
+        counts = shown
+    sketches = view.sketches
+    for (fam, proto, port), sources in sorted(counts.items(), key=_port_proto_family):
+        labels = [family_name(fam), protocol_name(proto), str(port)]
+        is_exact, value = True, float(sources)
+        if sketches is not None:
+            if (fam, proto, port) in sketches.exact:
+                is_exact = sketches.exact[(fam, proto, port)]
+                if not is_exact:
+                    value = max(value, float(round(sketches.estimates[(fam, proto, port)])))
+            else:
+                is_exact = sketches.other_exact.get((fam, proto), True)
+        users.add_metric(labels, value)
+        exact.add_metric(labels, 1 if is_exact else 0)
+    yield users
+    yield exact
+    if sketches is None:
+        return
+    other = GaugeMetricFamily(
+        "active_users_other_ports",
+        "The sketch's estimate of distinct source addresses within the window over all watched "
+        "ports without a sketch of their own, by address family (ip) and protocol",
+        labels=["ip", "proto"],
     )
-    shown.update(counts)
-    for (fam, proto, port), sources in sorted(shown.items(), key=_port_proto_family):
-        family.add_metric([family_name(fam), protocol_name(proto), str(port)], sources)
-    return family
+    for (fam, proto), estimate in sorted(sketches.other_estimates.items(), key=_proto_family):
+        other.add_metric([family_name(fam), protocol_name(proto)], float(round(estimate)))
+    yield other
+    if not sketches.fleet:
+        return
+    registers = GaugeMetricFamily(
+        "active_users_hll_register",
+        "HyperLogLog registers (precision 12) of the sources within the window of each fleet "
+        "port; max by (ip, proto, port, register) over hosts is the fleet's union "
+        "(recording rule fleet:active_users:union)",
+        labels=["ip", "proto", "port", "register"],
+    )
+    for (fam, proto, port), values in sorted(
+        sketches.fleet.items(), key=lambda item: (item[0][2], item[0][1], item[0][0])
+    ):
+        ip, protocol, port_text = family_name(fam), protocol_name(proto), str(port)
+        for index, value in enumerate(values.tolist()):
+            registers.add_metric([ip, protocol, port_text, str(index)], value)
+    yield registers
+
+
+def _proto_family(item: tuple[tuple[int, int], float]) -> tuple[int, int]:
+    (fam, proto), _ = item
+    return proto, fam
 
 
 def _port_proto_family(item: tuple[tuple[int, int, int], int]) -> tuple[int, int, int]:

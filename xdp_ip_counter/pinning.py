@@ -1,33 +1,43 @@
-"""Keep the sources map across restarts: pin it in bpffs, and carry a pinned map's entries over
-into the map a new process creates.
+"""Keep the maps across restarts: pin the sources table and the sketches in bpffs, and carry a
+pinned map's contents over into the maps a new process creates.
 
-The new process always creates its own map (its capacity may differ, and bcc creates the maps it
-compiles); at start-up it copies the entries of the map pinned by the previous process into it,
-then pins its own in the old one's place. The pinned name carries the layout version, and the
-pinned map's type and key/value sizes are checked before anything is read from it: a map of
-another layout is removed with a log line, never misread.
+The new process always creates its own maps (its capacity and its sketches may differ, and bcc
+creates the maps it compiles); at start-up it reads the maps pinned by the previous process
+through mmap, writes what is still live into its own (table.place: where the kernel looks for
+each key; sketches by port and class, through the old process's sketch_of_port), then pins its
+own in the old ones' place. The pinned names carry the layout version, and a pinned map's type
+and sizes are checked before anything is read from it: a map of another layout is removed with
+a log line, never misread.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
+import mmap
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import bpf_syscall
-from .bpf_syscall import BPFSyscallError, MapInfo, map_info, map_update_batch
-from .layout import KEY_DTYPE, LAYOUT_VERSION, VALUE_DTYPE
+from .bpf_syscall import BPFSyscallError, MapInfo, map_info
+from .layout import LAYOUT_VERSION, OTHER_SKETCHES, RING, SET_DTYPE, SET_WORDS, SKETCH_SLOT_DTYPE
+from .table import as_words, live_entries, place
+
+if TYPE_CHECKING:
+    from .bpf import DataPath
 
 log = logging.getLogger(__name__)
 
-BPF_MAP_TYPE_LRU_HASH = 9
+BPF_MAP_TYPE_ARRAY = 2
 BPF_FS_MAGIC = 0xCAFE4A11
 
 SOURCES = f"sources_v{LAYOUT_VERSION}"
+SKETCHES = f"sketches_v{LAYOUT_VERSION}"
+SKETCH_OF_PORT = f"sketch_of_port_v{LAYOUT_VERSION}"
+PINNED = (SOURCES, SKETCHES, SKETCH_OF_PORT)
 
 
 class PinError(RuntimeError):
@@ -59,64 +69,110 @@ def _fs_magic(path: Path) -> int:
     return buf.f_type & 0xFFFFFFFF
 
 
-def restore_and_pin(directory: Path, sources_fd: int, capacity: int) -> int:
-    """Copy the entries of the sources map pinned in directory (if any, and of our layout)
-    into the map sources_fd, then pin sources_fd there instead. Returns the entries carried."""
+def restore_and_pin(directory: Path, datapath: DataPath, window: int) -> int:
+    """Carry what the maps pinned in directory hold (if any, and of our layout) into the
+    datapath's maps, then pin those there instead. Returns the table entries carried."""
     check_bpffs(directory)
-    for stale in sorted(directory.glob("sources_v*")):
-        if stale.name != SOURCES:
+    for stale in sorted(directory.glob("*_v*")):
+        if stale.name not in PINNED and stale.name.split("_v")[0] in ("sources", "sketches"):
             log.warning("removing %s: pinned by a version with another map layout", stale)
             stale.unlink()
-    path = directory / SOURCES
     carried = 0
-    if path.exists():
-        carried = _carry_over(path, sources_fd, capacity)
-        path.unlink()
-    bpf_syscall.obj_pin(sources_fd, str(path))
+    with _Pinned(directory / SOURCES, SET_DTYPE.itemsize) as old:
+        if old.words is not None:
+            sets = len(old.words) // SET_WORDS
+            keys, values = live_entries(as_words(old.words, sets), datapath.clock.now_ns(), window)
+            carried = place(datapath.table_words(), keys, values)
+            log.info("carried %d of %d entries over from %s", carried, len(keys), old.path)
+    with (
+        _Pinned(directory / SKETCH_OF_PORT, 8) as ids,
+        _Pinned(directory / SKETCHES, SKETCH_SLOT_DTYPE.itemsize) as sketches,
+    ):
+        if ids.words is not None and sketches.words is not None:
+            _carry_sketches(datapath, ids.words, sketches.words)
+    for name, fd in (
+        (SOURCES, datapath.sources_fd),
+        (SKETCHES, datapath.sketches_fd),
+        (SKETCH_OF_PORT, datapath.sketch_of_port_fd),
+    ):
+        path = directory / name
+        if path.exists():
+            path.unlink()
+        bpf_syscall.obj_pin(fd, str(path))
     return carried
 
 
-def _carry_over(path: Path, sources_fd: int, capacity: int) -> int:
-    try:
-        old_fd = bpf_syscall.obj_get(str(path))
-    except BPFSyscallError as exc:
-        log.warning("cannot open %s (%s): starting with an empty map", path, exc)
-        return 0
-    try:
-        info = map_info(old_fd)
-        wanted = MapInfo(
-            BPF_MAP_TYPE_LRU_HASH, KEY_DTYPE.itemsize, VALUE_DTYPE.itemsize, info.max_entries
-        )
-        if info != wanted:
-            log.warning(
-                "replacing %s: its layout (type %d, key %d bytes, value %d bytes) is not this "
-                "version's (type %d, key %d, value %d); its entries are not read",
-                path,
-                info.type,
-                info.key_size,
-                info.value_size,
-                wanted.type,
-                wanted.key_size,
-                wanted.value_size,
-            )
-            return 0
-        keys, values, count = bpf_syscall.map_lookup_batch(
-            old_fd, info.key_size, info.value_size, info.max_entries
-        )
-    finally:
-        os.close(old_fd)
-    if count == 0:
-        return 0
-    k = np.frombuffer(keys, dtype=KEY_DTYPE, count=count)
-    v = np.frombuffer(values, dtype=VALUE_DTYPE, count=count)
-    if count > capacity:  # a smaller map now: keep the most recently seen
-        keep = np.argsort(v["last_seen"], kind="stable")[-capacity:]
-        k, v, count = k[keep], v[keep], capacity
-    try:
-        map_update_batch(sources_fd, k.tobytes(), v.tobytes(), count)
-    except BPFSyscallError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-        log.warning("the map filled up while restoring %s", path)
-    log.info("carried %d entries over from %s", count, path)
-    return count
+def _carry_sketches(datapath: DataPath, old_ids: np.ndarray, old_slots: np.ndarray) -> None:
+    """Each old sketch's ring into the new sketch of the same port and class (or the class's
+    other-ports sketch): newer ticks replace older ones, equal ticks are unioned."""
+    ids = np.frombuffer(old_ids, np.uint16).reshape(65536, 4)
+    slots = np.frombuffer(old_slots, np.uint8).view(SKETCH_SLOT_DTYPE)
+    old_sketches = len(slots) // RING
+    source_of = {klass: klass for klass in range(OTHER_SKETCHES)}  # old id -> new id
+    for port in np.flatnonzero(ids.any(axis=1)).tolist():
+        for klass in range(4):
+            old_id = int(ids[port, klass])
+            if old_id == 0 or old_id >= old_sketches:
+                continue
+            new_id = datapath.plan.sketch_id(*_class_labels(klass), port)
+            source_of[old_id] = klass if new_id is None else new_id
+    new = datapath.sketch_slots()
+    for old_id, new_id in source_of.items():
+        for r in range(RING):
+            old, into = slots[old_id * RING + r], new[new_id * RING + r]
+            if old["tick"] > into["tick"]:
+                into["tick"], into["lost"], into["reg"] = old["tick"], old["lost"], old["reg"]
+            elif old["tick"] == into["tick"]:
+                into["lost"] += old["lost"]
+                np.maximum(into["reg"], old["reg"], out=into["reg"])
+
+
+def _class_labels(klass: int) -> tuple[int, int]:
+    return (6 if klass & 2 else 4), (17 if klass & 1 else 6)
+
+
+class _Pinned:
+    """A pinned array map of value_size elements, mapped read-only while in the `with`:
+    `words` is None when there is none, or it is not of our layout (then it is removed)."""
+
+    def __init__(self, path: Path, value_size: int) -> None:
+        self.path = path
+        self.value_size = value_size
+        self.words: memoryview | None = None
+        self._mmap: mmap.mmap | None = None
+
+    def __enter__(self) -> _Pinned:
+        if not self.path.exists():
+            return self
+        try:
+            fd = bpf_syscall.obj_get(str(self.path))
+        except BPFSyscallError as exc:
+            log.warning("cannot open %s (%s): starting without it", self.path, exc)
+            return self
+        try:
+            info = map_info(fd)
+            wanted = MapInfo(BPF_MAP_TYPE_ARRAY, 4, self.value_size, info.max_entries)
+            if info != wanted:
+                log.warning(
+                    "replacing %s: its layout (type %d, key %d bytes, value %d bytes) is not "
+                    "this version's (type %d, key %d, value %d); it is not read",
+                    self.path, info.type, info.key_size, info.value_size,
+                    wanted.type, wanted.key_size, wanted.value_size,
+                )  # fmt: skip
+                return self
+            size = (self.value_size + 7) // 8 * 8 * info.max_entries
+            length = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+            self._mmap = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            self.words = memoryview(self._mmap)[:size]
+        except (OSError, BPFSyscallError) as exc:
+            log.warning("cannot read %s (%s): starting without it", self.path, exc)
+        finally:
+            os.close(fd)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.words is not None:
+            self.words.release()
+            self.words = None
+        if self._mmap is not None:
+            self._mmap.close()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench import sketch_cost
-from bench.prototypes import hll
+from xdp_ip_counter import sketch as hll
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,150 @@
+"""The kernel's sources table (bpf/xdp_ip_counter.c), as numpy sees it through mmap.
+
+Pure: no bcc, no I/O. The table is an array of sets, each a line of WAYS tag words and WAYS
+64-byte slots (layout.SET_DTYPE); ``words`` below is that memory as a (sets, SET_WORDS) uint64
+array, a view of the mapped map or a copy.
+
+- `live_entries` reads the entries the kernel still holds (tag set, stamp within the window),
+  and merges duplicates: two CPUs that claim one new key at once can leave it in two slots of
+  its set, whose counts add up to the key's.
+- `key_hash` and `set_bits_for` mirror the kernel's placement; `place` writes entries into an
+  empty table the way the kernel would have (a pinned table carried into a new one, tests).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .layout import (
+    ESTABLISHED,
+    KEY_DTYPE,
+    SET_WORDS,
+    SLOT_DTYPE,
+    STAMP_MASK,
+    STAMP_SHIFT,
+    WAYS,
+)
+
+MIN_SET_BITS = 4
+
+_M1 = np.uint64(0x9E3779B97F4A7C15)
+_M2 = np.uint64(0xC2B2AE3D27D4EB4F)
+_M3 = np.uint64(0x165667B19E3779F9)
+_SLOT_WORDS = SLOT_DTYPE.itemsize // 8
+
+
+def set_bits_for(max_entries: int) -> int:
+    """log2 of the sets for a capacity of at least max_entries slots (WAYS per set)."""
+    sets = max(1, -(-int(max_entries) // WAYS))
+    return max(MIN_SET_BITS, (sets - 1).bit_length())
+
+
+def window_stamps(window_s: int) -> int:
+    """The window in the tag's stamp units (2**30 ns), rounded up: what the kernel's lazy
+    expiry compares ages with (port_filter.window_stamps)."""
+    return -(-int(window_s) * 1_000_000_000 // (1 << STAMP_SHIFT))
+
+
+def key_hash(keys: np.ndarray) -> np.ndarray:
+    """The kernel's key_hash() of KEY_DTYPE keys (three multiply-xor rounds, an xor-shift)."""
+    words = np.ascontiguousarray(keys, dtype=KEY_DTYPE).view("<u8").reshape(-1, 3)
+    with np.errstate(over="ignore"):
+        h = words[:, 0] * _M1
+        h = (h ^ words[:, 1]) * _M2
+        h = (h ^ words[:, 2]) * _M3
+        return h ^ (h >> np.uint64(29))
+
+
+def as_words(buffer: object, sets: int) -> np.ndarray:
+    """A (sets, SET_WORDS) uint64 view of the table's memory (a mapped map, or bytes)."""
+    return np.frombuffer(buffer, dtype="<u8", count=sets * SET_WORDS).reshape(sets, SET_WORDS)
+
+
+def _slots(words: np.ndarray) -> np.ndarray:
+    """(sets, WAYS, slot words) view of the slots."""
+    return words[:, WAYS:].reshape(len(words), WAYS, _SLOT_WORDS)
+
+
+def live_mask(tags: np.ndarray, now_ns: int, window_s: int) -> np.ndarray:
+    """Which slots hold an entry the kernel has not let go: tag's hash part set (not free, not
+    being written) and stamp at most window_stamps old."""
+    stamp = np.uint64((int(now_ns) >> STAMP_SHIFT) & STAMP_MASK)
+    age = (stamp - (tags & np.uint64(STAMP_MASK))) & np.uint64(STAMP_MASK)
+    return ((tags >> np.uint64(32)) != 0) & (age <= np.uint64(window_stamps(window_s)))
+
+
+def live_entries(words: np.ndarray, now_ns: int, window_s: int) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, values) of the live entries, one row per key: duplicates merged (earliest
+    first_seen, latest last_seen, counts added)."""
+    tags = words[:, :WAYS]
+    live = live_mask(tags, now_ns, window_s)
+    rows = np.ascontiguousarray(_slots(words)[live]).view(SLOT_DTYPE).ravel()
+    keys = rows["key"]
+    values = rows["value"]
+    duplicate_sets = _sets_with_repeated_tags(tags, live)
+    if len(duplicate_sets):
+        keys, values = _merge_duplicates(keys, values, live, duplicate_sets)
+    return keys, values
+
+
+def _sets_with_repeated_tags(tags: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """Indices of the sets where two live slots have the same tag hash (duplicate candidates)."""
+    hashes = np.where(live, tags >> np.uint64(32), np.uint64(0))
+    hashes.sort(axis=1)
+    repeated = (hashes[:, 1:] == hashes[:, :-1]) & (hashes[:, 1:] != 0)
+    return np.flatnonzero(repeated.any(axis=1))
+
+
+def _merge_duplicates(
+    keys: np.ndarray, values: np.ndarray, live: np.ndarray, duplicate_sets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    values = values.copy()
+    # Row number of each live slot, to find the rows of the candidate sets.
+    first_row = np.concatenate(([0], np.cumsum(live.sum(axis=1))))
+    drop = np.zeros(len(keys), bool)
+    for set_index in duplicate_sets.tolist():
+        start, stop = int(first_row[set_index]), int(first_row[set_index + 1])
+        kept: dict[bytes, int] = {}
+        for row in range(start, stop):
+            raw = keys[row].tobytes()
+            if raw not in kept:
+                kept[raw] = row
+                continue
+            into = kept[raw]
+            values["first_seen"][into] = min(values["first_seen"][into], values["first_seen"][row])
+            values["last_seen"][into] = max(values["last_seen"][into], values["last_seen"][row])
+            values["packets"][into] += values["packets"][row]
+            values["bytes"][into] += values["bytes"][row]
+            drop[row] = True
+    return keys[~drop], values[~drop]
+
+
+def place(words: np.ndarray, keys: np.ndarray, values: np.ndarray) -> int:
+    """Write entries into an empty table where the kernel looks for them, most recently seen
+    first; a set with more than WAYS of them keeps its WAYS most recent. Not for a table the
+    program is attached to. Returns how many were placed."""
+    if len(keys) == 0:
+        return 0
+    sets = len(words)
+    set_bits = sets.bit_length() - 1
+    if sets != 1 << set_bits:
+        raise ValueError(f"a table has a power of two of sets, not {sets}")
+    hashes = key_hash(keys)
+    set_index = (hashes >> np.uint64(64 - set_bits)).astype(np.int64)
+    order = np.lexsort((~values["last_seen"], set_index))  # newest first within a set
+    ordered_sets = set_index[order]
+    first = np.searchsorted(ordered_sets, ordered_sets, side="left")
+    way = np.arange(len(order)) - first
+    keep = way < WAYS
+    order, way, ordered_sets = order[keep], way[keep], ordered_sets[keep]
+
+    slots = np.zeros(len(order), SLOT_DTYPE)
+    slots["key"] = keys[order]
+    slots["value"] = values[order]
+    stamp = (values["last_seen"][order] >> np.uint64(STAMP_SHIFT)) & np.uint64(STAMP_MASK)
+    tag = ((hashes[order] & np.uint64(0xFFFFFFFF)) | np.uint64(1)) << np.uint64(32)
+    tag |= stamp
+    tag[values["packets"][order] > 1] |= np.uint64(ESTABLISHED)
+    words[ordered_sets, way] = tag
+    _slots(words)[ordered_sets, way] = slots.view("<u8").reshape(-1, _SLOT_WORDS)
+    return len(order)
