@@ -23,7 +23,7 @@ import numpy as np
 
 from . import bpf_syscall
 from .bpf_syscall import BPFSyscallError, MapInfo, map_info
-from .layout import LAYOUT_VERSION, OTHER_SKETCHES, RING, SET_DTYPE, SET_WORDS, SKETCH_SLOT_DTYPE
+from .layout import LAYOUT_VERSION, OTHER_SKETCHES, RING, SET_DTYPE, SKETCH_SLOT_DTYPE
 from .table import as_words, live_entries, place
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ SOURCES = f"sources_v{LAYOUT_VERSION}"
 SKETCHES = f"sketches_v{LAYOUT_VERSION}"
 SKETCH_OF_PORT = f"sketch_of_port_v{LAYOUT_VERSION}"
 PINNED = (SOURCES, SKETCHES, SKETCH_OF_PORT)
+_PINNED_NAMES = ("sources", "sketches", "sketch_of_port")
 
 
 class PinError(RuntimeError):
@@ -74,13 +75,13 @@ def restore_and_pin(directory: Path, datapath: DataPath, window: int) -> int:
     datapath's maps, then pin those there instead. Returns the table entries carried."""
     check_bpffs(directory)
     for stale in sorted(directory.glob("*_v*")):
-        if stale.name not in PINNED and stale.name.split("_v")[0] in ("sources", "sketches"):
+        if stale.name not in PINNED and stale.name.rsplit("_v", 1)[0] in _PINNED_NAMES:
             log.warning("removing %s: pinned by a version with another map layout", stale)
             stale.unlink()
     carried = 0
     with _Pinned(directory / SOURCES, SET_DTYPE.itemsize) as old:
         if old.words is not None:
-            sets = len(old.words) // SET_WORDS
+            sets = len(old.words) // SET_DTYPE.itemsize
             keys, values = live_entries(as_words(old.words, sets), datapath.clock.now_ns(), window)
             carried = place(datapath.table_words(), keys, values)
             log.info("carried %d of %d entries over from %s", carried, len(keys), old.path)

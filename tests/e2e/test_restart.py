@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from xdp_ip_counter.layout import SET_DTYPE
+from xdp_ip_counter.pinning import PINNED, SOURCES
+
 from .conftest import Lab, wait_for
 from .test_daemon import FAST, xdp_attached
 
@@ -68,7 +71,8 @@ def test_a_restart_keeps_what_was_seen(lab: Lab, start_daemon, pin_dir: Path) ->
     wait_for(lambda: len(first.list()) == 2, 10, "two sources")
     before = {e["ip"]: e for e in first.list()}
     assert first.stop() == 0
-    assert (pin_dir / "sources_v1").exists()
+    for name in PINNED:
+        assert (pin_dir / name).exists(), name
 
     second = start_daemon(**settings)
     after = {e["ip"]: e for e in second.list()}  # the first refresh is done before READY
@@ -84,7 +88,7 @@ def test_a_restart_keeps_what_was_seen(lab: Lab, start_daemon, pin_dir: Path) ->
 def test_a_pinned_map_of_another_layout_is_replaced(lab: Lab, start_daemon, pin_dir: Path) -> None:
     a, _ = lab.links
     pin_dir.mkdir(parents=True)
-    stale = pin_dir / "sources_v1"
+    stale = pin_dir / SOURCES
     subprocess.run(
         [
             "bpftool",
@@ -104,7 +108,7 @@ def test_a_pinned_map_of_another_layout_is_replaced(lab: Lab, start_daemon, pin_
         ],
         check=True,
     )
-    older = pin_dir / "sources_v0"
+    older = pin_dir / "sources_v1"  # the LRU hash of layout 1
     subprocess.run(
         [
             "bpftool",
@@ -114,7 +118,7 @@ def test_a_pinned_map_of_another_layout_is_replaced(lab: Lab, start_daemon, pin_
             "type",
             "lru_hash",
             "key",
-            "20",
+            "24",
             "value",
             "32",
             "entries",
@@ -130,7 +134,11 @@ def test_a_pinned_map_of_another_layout_is_replaced(lab: Lab, start_daemon, pin_
     assert f"removing {older}" in log
     assert not older.exists()
     info = pinned_map(stale)
-    assert (info["bytes_key"], info["bytes_value"], info["type"]) == (24, 32, "lru_hash")
+    assert (info["bytes_key"], info["bytes_value"], info["type"]) == (
+        4,
+        SET_DTYPE.itemsize,
+        "array",
+    )
     assert daemon.list() == []
     lab.send("tcp", a.client_v4[0], a.host_v4, 22)
     wait_for(lambda: len(daemon.list()) == 1, 10, "the daemon to count as usual")
