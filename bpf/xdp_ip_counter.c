@@ -205,11 +205,12 @@ static __always_inline struct sketch_slot *sketch_slot_of(const struct source_ke
         return NULL;
     __u64 seen = slot->tick;
     if (seen != tick && __sync_val_compare_and_swap(&slot->tick, seen, tick) == seen) {
+        /* lost first: a loss counted by another CPU while the registers are cleared stays */
+        slot->lost = 0;
         /* volatile: clang would make the loop a memset, which BPF cannot call */
         volatile __u64 *word = (volatile __u64 *)slot->reg;
         for (int i = 0; i < HLL_M / 8; i++)
             word[i] = 0;
-        slot->lost = 0;
         count(EVENT_SKETCH_TICKS);
     }
     return slot;

@@ -250,14 +250,10 @@ class DataPath:
         keys, values = live_entries(self.table_words(), now, window or self.window or 0)
         return keys, values, now
 
-    def sketch_slots(self) -> np.ndarray:
-        """The sketch map's slots (SKETCH_SLOT_DTYPE), sketch * RING + tick % RING: a view of
-        the map itself."""
-        return self._sketches_map.words(np.uint8).view(SKETCH_SLOT_DTYPE)
-
     def read_sketches(self) -> np.ndarray:
-        """A copy of the sketch map's slots."""
-        return self.sketch_slots().copy()
+        """The sketch map's slots (SKETCH_SLOT_DTYPE), sketch * RING + tick % RING: a view of
+        the map itself (copy what must not change under you)."""
+        return self._sketches_map.words(np.uint8).view(SKETCH_SLOT_DTYPE)
 
     def read_stats(self) -> dict[str, int]:
         """Frames per outcome, summed over CPUs."""

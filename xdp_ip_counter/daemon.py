@@ -223,7 +223,7 @@ class Daemon:
             stats = self._datapath.read_stats()
             events = self._datapath.read_events()
             keys, values, taken_ns = self._datapath.read_sources()
-            slots = self._datapath.read_sketches()
+            slots = self._datapath.read_sketches()  # a view: update() copies what it keeps
             wall = self._clock.wall(taken_ns)
         except OSError as exc:
             self._refresh_failures += 1

@@ -117,7 +117,7 @@ def _carry_sketches(datapath: DataPath, old_ids: np.ndarray, old_slots: np.ndarr
                 continue
             new_id = datapath.plan.sketch_id(*_class_labels(klass), port)
             source_of[old_id] = klass if new_id is None else new_id
-    new = datapath.sketch_slots()
+    new = datapath.read_sketches()
     for old_id, new_id in source_of.items():
         for r in range(RING):
             old, into = slots[old_id * RING + r], new[new_id * RING + r]
