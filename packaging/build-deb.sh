@@ -39,7 +39,7 @@ mkdir -p "${source_dir}"
 
 # Only what the package is built from; no caches, no venv, no build output.
 tar -C "${repo_dir}" -c --exclude='__pycache__' --exclude='*.pyc' \
-    pyproject.toml README.md xdp_ip_counter bpf systemd packaging/config.toml \
+    pyproject.toml README.md xdp_ip_counter bpf systemd packaging/config.toml packaging/prometheus \
     | tar -C "${source_dir}" -x
 cp -r "${repo_dir}/packaging/debian" "${source_dir}/debian"
 

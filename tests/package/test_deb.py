@@ -17,6 +17,7 @@ from xdp_ip_counter.web.config import OPTIONAL_MODULES
 from .deb import REPO, BuiltDeb
 
 BPF_SOURCES = sorted((REPO / "bpf").glob("*.[ch]"))
+RULES = REPO / "packaging" / "prometheus" / "xdp-ip-counter.rules.yml"
 
 UNIT = "xdp-ip-counter.service"
 CONFIG = "/etc/xdp-ip-counter/config.toml"
@@ -138,6 +139,7 @@ def test_deb_installs_program_module_bpf_source_unit_and_config(built_deb: Built
     # Every file of bpf/: the program and the headers it includes.
     expected |= {f"/usr/share/xdp-ip-counter/bpf/{path.name}" for path in BPF_SOURCES}
     assert len(BPF_SOURCES) >= 3, BPF_SOURCES
+    expected.add(f"/usr/share/xdp-ip-counter/prometheus/{RULES.name}")
     assert expected <= paths, f"missing from the .deb: {sorted(expected - paths)}"
     # Every module of the checkout is shipped, the subpackages' too.
     for module in sorted((REPO / "xdp_ip_counter").rglob("*.py")):
@@ -153,6 +155,7 @@ def test_deb_ships_the_checkouts_unit_config_and_bpf_source_unchanged(
         f"lib/systemd/system/{UNIT}": REPO / "systemd" / UNIT,
         CONFIG.lstrip("/"): REPO / "packaging" / "config.toml",
         **{f"usr/share/xdp-ip-counter/bpf/{path.name}": path for path in BPF_SOURCES},
+        f"usr/share/xdp-ip-counter/prometheus/{RULES.name}": RULES,
     }
     for packaged, source in pairs.items():
         assert built_deb.data_file(packaged) == source.read_bytes(), packaged
