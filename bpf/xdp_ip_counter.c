@@ -240,15 +240,23 @@ static __always_inline void sketch_lost(const struct source_key *key, __u64 now)
 
 /* -- recording ----------------------------------------------------------------------------- */
 
-/* Three multiply-xor rounds over the key's 64-bit words, and a final xor-shift. Mirrored in
+/* Per 64-bit word of the key: xor it in, fold the high half into the low one, multiply. A
+ * product's low bits depend only on its factors' low bits, and an IPv4 address lies in the
+ * high half of its word: without the fold, keys that differ only there collide in 2^32. Each
+ * step is a bijection of the state, so distinct words never collide by construction. The set
+ * is the top bits, the tag the low 32 (the last fold mixes the top in). Mirrored in
  * xdp_ip_counter/table.py (key_hash); a kernel test checks that keys are found where it says. */
 static __always_inline __u64 key_hash(const struct source_key *key)
 {
     const __u64 *word = (const __u64 *)key;
     __u64 h = word[0] * 0x9E3779B97F4A7C15ULL;
-    h = (h ^ word[1]) * 0xC2B2AE3D27D4EB4FULL;
-    h = (h ^ word[2]) * 0x165667B19E3779F9ULL;
-    return h ^ (h >> 29);
+    h ^= word[1];
+    h ^= h >> 32;
+    h *= 0xC2B2AE3D27D4EB4FULL;
+    h ^= word[2];
+    h ^= h >> 32;
+    h *= 0x165667B19E3779F9ULL;
+    return h ^ (h >> 32);
 }
 
 static __always_inline int same_key(const struct source_key *a, const struct source_key *b)

@@ -1,5 +1,6 @@
-"""The only module that imports bcc: find the program's C source, compile and load it, attach
-it to interfaces through BPF links, and reach its maps.
+"""The only module that imports bcc, and only in a child process: find the program's C source,
+compile and load it (in a forked child that hands back the file descriptors), attach it to
+interfaces through BPF links, and reach its maps with plain bpf() syscalls and mmap.
 
 The maps that are read in bulk (the sources table, the sketches) are mapped into the process
 (BPF_F_MMAPABLE) and read as numpy arrays (table.py, sketch.py); the program is compiled with
@@ -11,13 +12,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import json
 import logging
 import mmap
 import os
 import socket
+import struct
 import sys
 import sysconfig
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +32,13 @@ from .bpf_syscall import BPFSyscallError
 from .clock import KernelClock, kernel_clock
 from .config import PortFilter
 from .layout import EVENTS, OUTCOMES, SET_DTYPE, SET_WORDS, SKETCH_SLOT_DTYPE, WAYS
-from .memory import release_compiler_memory
 from .sketch import SketchPlan
-from .table import live_entries, set_bits_for, window_stamps
+from .table import read_live_entries, set_bits_for, window_stamps
 
 log = logging.getLogger(__name__)
 
 PROGRAM_FILE = "xdp_ip_counter.c"
+_KEY_ZERO = struct.pack("=I", 0)
 FUNCTION = "xdp_ip_counter"
 
 
@@ -96,12 +99,126 @@ class Link:
             self.fd = -1
 
 
+# Sets per chunk when the table is read: 4.7 MB, whole pages (64 sets of 576 bytes are 9 pages).
+CHUNK_SETS = 8192
+
+MAPS = ("sources", "port_filter", "stats", "sketches", "sketch_of_port")
+
+
+@dataclass(frozen=True)
+class MapDescription:
+    """One of the program's maps as the compiler made it: its fd in this process, its size,
+    and the fields of the key and value types bcc generated from the C (name, offset, size),
+    for checking the Python layouts against the compiled program."""
+
+    name: str
+    fd: int
+    max_entries: int
+    flags: int
+    key_size: int
+    value_size: int  # of one element (one CPU's, for a per-CPU map)
+    key_fields: tuple[tuple[str, int, int], ...]
+    value_fields: tuple[tuple[str, int, int], ...]
+
+
+def _fields(struct_type: Any) -> list[tuple[str, int, int]]:
+    if not hasattr(struct_type, "_fields_"):
+        return []
+    return [
+        (name, getattr(struct_type, name).offset, getattr(struct_type, name).size)
+        for name, *_ in struct_type._fields_
+    ]
+
+
+def _load_here(source: Path, cflags: list[str]) -> tuple[bytes, list[int]]:
+    """Compile and load with bcc in this process: (a JSON description, the fds it names)."""
+    from bcc import BPF  # noqa: PLC0415 - only ever in the compiling child
+
+    bpf = BPF(src_file=str(source).encode(), cflags=cflags)
+    fn = bpf.load_func(FUNCTION.encode(), BPF.XDP)
+    fds = [fn.fd]
+    maps = []
+    for name in MAPS:
+        table = bpf[name.encode()]
+        leaf = getattr(table, "sLeaf", table.Leaf)
+        maps.append(
+            {
+                "name": name,
+                "max_entries": table.max_entries,
+                "flags": table.flags,
+                "key_size": ctypes.sizeof(table.Key),
+                "value_size": ctypes.sizeof(leaf),
+                "key_fields": _fields(table.Key),
+                "value_fields": _fields(leaf),
+            }
+        )
+        fds.append(table.get_fd())
+    return json.dumps({"maps": maps}).encode(), fds
+
+
+def _load_in_child(source: Path, cflags: list[str]) -> tuple[int, dict[str, MapDescription]]:
+    """Compile and load in a forked child, which passes the program's and maps' fds back over
+    a socket (SCM_RIGHTS) and exits: bcc, LLVM and clang (~160 MB) never stay in this process.
+    CompileError with bcc's message when it fails."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:  # the child: no logging (a lock held by another thread at fork), no atexit
+        status = 0
+        try:
+            ours.close()
+            payload, fds = _load_here(source, cflags)
+            socket.send_fds(theirs, [payload], fds)
+        except BaseException as exc:  # everything goes back as a message
+            status = 1
+            with contextlib.suppress(OSError):
+                theirs.sendall(json.dumps({"error": f"{exc}"}).encode())
+        finally:
+            os._exit(status)
+    theirs.close()
+    try:
+        payload, fds, _, _ = socket.recv_fds(ours, 1 << 20, len(MAPS) + 1)
+    finally:
+        ours.close()
+        os.waitpid(pid, 0)
+    message = json.loads(payload or b'{"error": "the compiling process died"}')
+    if "error" in message:
+        for fd in fds:
+            os.close(fd)
+        raise CompileError(f"cannot compile or load {PROGRAM_FILE}: {message['error']}")
+    prog_fd, map_fds = fds[0], fds[1:]
+    maps = {
+        entry["name"]: MapDescription(
+            name=entry["name"],
+            fd=fd,
+            max_entries=entry["max_entries"],
+            flags=entry["flags"],
+            key_size=entry["key_size"],
+            value_size=entry["value_size"],
+            key_fields=tuple(map(tuple, entry["key_fields"])),
+            value_fields=tuple(map(tuple, entry["value_fields"])),
+        )
+        for entry, fd in zip(message["maps"], map_fds, strict=True)
+    }
+    return prog_fd, maps
+
+
+def possible_cpus() -> int:
+    """How many CPUs per-CPU maps have a value for (/sys/devices/system/cpu/possible)."""
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    count = 0
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
+
+
 class DataPath:
     """The loaded program and its maps: sources (the table of sets) and sketches, both read
     through mmap; port_filter (the configuration), sketch_of_port (mmap), stats (per CPU).
     `clock` is the calibrated kernel clock the program is compiled with and reads are stamped
     with (default: the process's). `plan` says which ports have sketches of their own; its
-    capacity sizes the sketch map, once."""
+    capacity sizes the sketch map, once. The program is compiled in a child process: this one
+    holds only file descriptors (and never imports bcc)."""
 
     def __init__(
         self,
@@ -111,8 +228,6 @@ class DataPath:
         clock: KernelClock | None = None,
         defines: Mapping[str, str] | None = None,
     ) -> None:
-        from bcc import BPF  # noqa: PLC0415 - imported here so that --help works without bcc
-
         directory = source_dir()
         self.clock = clock if clock is not None else kernel_clock()
         self.plan = plan if plan is not None else SketchPlan()
@@ -127,49 +242,41 @@ class DataPath:
         ]
         cflags += [f"-D{name}={value}" for name, value in (defines or {}).items()]
         try:
-            self._bpf = BPF(src_file=str(directory / PROGRAM_FILE).encode(), cflags=cflags)
-            self._fn = self._bpf.load_func(FUNCTION.encode(), BPF.XDP)
-        except Exception as exc:  # bcc raises bare Exception for compile and load failures
-            raise CompileError(
-                f"cannot compile or load {PROGRAM_FILE}: {exc}{_headers_hint()}"
-            ) from exc
-        self.prog_fd: int = self._fn.fd
-        release_compiler_memory()
-        sources = self._bpf[b"sources"]
-        sketches = self._bpf[b"sketches"]
-        sketch_of_port = self._bpf[b"sketch_of_port"]
-        assert ctypes.sizeof(sources.Leaf) == SET_DTYPE.itemsize
-        assert ctypes.sizeof(sketches.Leaf) == SKETCH_SLOT_DTYPE.itemsize
-        self._port_filter = self._bpf[b"port_filter"]
-        self._stats = self._bpf[b"stats"]
-        self.sources_fd: int = sources.get_fd()
-        self.sketches_fd: int = sketches.get_fd()
+            self.prog_fd, self._maps = _load_in_child(directory / PROGRAM_FILE, cflags)
+        except CompileError as exc:
+            raise CompileError(f"{exc}{_headers_hint()}") from None
+        sources, sketches = self._maps["sources"], self._maps["sketches"]
+        assert sources.value_size == SET_DTYPE.itemsize, sources
+        assert sketches.value_size == SKETCH_SLOT_DTYPE.itemsize, sketches
+        self._cpus = possible_cpus()
+        self.sources_fd: int = sources.fd
+        self.sketches_fd: int = sketches.fd
+        self.sketch_of_port_fd: int = self._maps["sketch_of_port"].fd
         self.sets = sources.max_entries
         self.capacity = self.sets * WAYS
-        self._sources_map = MappedArray(self.sources_fd, SET_DTYPE.itemsize, self.sets)
+        self._sources_map: MappedArray | None = None  # the whole table, for table_words()
         self._sketches_map = MappedArray(
             self.sketches_fd, SKETCH_SLOT_DTYPE.itemsize, sketches.max_entries
         )
-        self.sketch_of_port_fd: int = sketch_of_port.get_fd()
         self._sketch_of_port = MappedArray(self.sketch_of_port_fd, 8, 65536)
         self.links: dict[str, Link] = {}
         self.ports: PortFilter | None = None
         self.window: int | None = None
 
-    def table(self, name: str) -> Any:
-        """One of the program's maps as bcc's table object (its generated ctypes Key and Leaf,
-        max_entries, flags), for checking the Python layouts against the compiled C."""
-        return self._bpf[name.encode()]
+    def table(self, name: str) -> MapDescription:
+        """One of the program's maps (MAPS) as the compiler described it."""
+        return self._maps[name]
 
     # -- configuration ---------------------------------------------------------------------
 
     def _write_filter(self, all_ports: bool, ports: Iterable[int], window: int) -> None:
-        value = self._port_filter.Leaf()
-        value.all_ports = 1 if all_ports else 0
-        value.window_stamps = window_stamps(window)
+        """struct port_filter: all_ports, window_stamps, then the 1024 words of the bitmap."""
+        value = np.zeros(2 + 1024, np.uint64)
+        value[0] = 1 if all_ports else 0
+        value[1] = window_stamps(window)
         for port in ports:
-            value.bits[port >> 6] |= 1 << (port & 63)
-        self._port_filter[ctypes.c_int(0)] = value
+            value[2 + (port >> 6)] |= np.uint64(1 << (port & 63))
+        bpf_syscall.map_update(self._maps["port_filter"].fd, _KEY_ZERO, value.tobytes())
 
     def configure(self, ports: PortFilter, window: int, plan: SketchPlan | None = None) -> None:
         """Write the watched ports, the window (the table's lazy expiry) and the ports' sketch
@@ -232,22 +339,49 @@ class DataPath:
         on in its pin)."""
         for ifname in list(self.links):
             self.detach(ifname)
-        for mapped in (self._sources_map, self._sketches_map, self._sketch_of_port):
+        self.unmap_table()
+        for mapped in (self._sketches_map, self._sketch_of_port):
             mapped.close()
-        self._bpf.cleanup()
+        for fd in [self.prog_fd, *(m.fd for m in self._maps.values())]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._maps = {}
+        self.prog_fd = -1
 
     # -- reading ----------------------------------------------------------------------------
 
     def table_words(self) -> np.ndarray:
-        """The sources table as (sets, SET_WORDS) uint64, a view of the map itself."""
+        """The whole sources table as (sets, SET_WORDS) uint64, a view of the map itself, for
+        writing (carrying a pinned table over; tests). Mapped until unmap_table(): the kernel
+        maps every page at once, so the whole table counts in this process's RSS meanwhile."""
+        if self._sources_map is None:
+            self._sources_map = MappedArray(self.sources_fd, SET_DTYPE.itemsize, self.sets)
         return self._sources_map.words(np.uint64).reshape(self.sets, SET_WORDS)
+
+    def unmap_table(self) -> None:
+        if self._sources_map is not None:
+            self._sources_map.close()
+            self._sources_map = None
+
+    def _table_chunks(self) -> Iterator[np.ndarray]:
+        """The table CHUNK_SETS sets at a time, each mapped only while it is read: reading the
+        table never holds more than one chunk of it in this process's RSS."""
+        for first in range(0, self.sets, CHUNK_SETS):
+            sets = min(CHUNK_SETS, self.sets - first)
+            mapped = MappedArray(
+                self.sources_fd, SET_DTYPE.itemsize, sets, offset=first * SET_DTYPE.itemsize
+            )
+            try:
+                yield mapped.words(np.uint64).reshape(sets, SET_WORDS)
+            finally:
+                mapped.close()
 
     def read_sources(self, window: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
         """The table's live entries (each key once) as (keys, values) numpy arrays, and the
         kernel clock just before the read. Live: what the kernel has not let go, with the
         window given or configured."""
         now = self.clock.now_ns()
-        keys, values = live_entries(self.table_words(), now, window or self.window or 0)
+        keys, values = read_live_entries(self._table_chunks, now, window or self.window or 0)
         return keys, values, now
 
     def read_sketches(self) -> np.ndarray:
@@ -264,7 +398,11 @@ class DataPath:
         return {name: self._stat(len(OUTCOMES) + i) for i, name in enumerate(EVENTS)}
 
     def _stat(self, index: int) -> int:
-        return int(self._stats.sum(ctypes.c_int(index)).value)
+        """One counter of the per-CPU stats array, summed over the CPUs."""
+        raw = bpf_syscall.map_lookup(
+            self._maps["stats"].fd, struct.pack("=I", index), 8 * self._cpus
+        )
+        return int(np.frombuffer(raw, np.uint64).sum()) if raw else 0
 
     def clear(self) -> None:
         """Forget every entry and sketch (tests, between cases; never while frames arrive)."""
@@ -273,14 +411,19 @@ class DataPath:
 
 
 class MappedArray:
-    """An array map with BPF_F_MMAPABLE, mapped into this process: elements of value_size
-    bytes (the kernel rounds them up to 8) as one buffer."""
+    """An array map with BPF_F_MMAPABLE, mapped into this process: `entries` elements of
+    value_size bytes (the kernel rounds them up to 8) from byte `offset` (a multiple of the
+    page size) as one buffer."""
 
-    def __init__(self, fd: int, value_size: int, entries: int) -> None:
+    def __init__(self, fd: int, value_size: int, entries: int, offset: int = 0) -> None:
         self.size = ((value_size + 7) // 8 * 8) * entries
         length = -(-self.size // mmap.PAGESIZE) * mmap.PAGESIZE
         self._mmap: mmap.mmap | None = mmap.mmap(
-            fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE
+            fd,
+            length,
+            flags=mmap.MAP_SHARED,
+            prot=mmap.PROT_READ | mmap.PROT_WRITE,
+            offset=offset,
         )
 
     def words(self, dtype: type) -> np.ndarray:

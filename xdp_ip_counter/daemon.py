@@ -26,7 +26,7 @@ from .sketch import SketchCounts, SketchPlan, SketchWindow
 from .systemd import Notifier
 from .web.config import NO_WEB_CONFIG, WebConfig, load_web_config
 from .web.server import ListenError
-from .window import Snapshot, active_set
+from .window import DeferredActiveSet, Snapshot
 
 log = logging.getLogger("xdp_ip_counter")
 
@@ -240,7 +240,7 @@ class Daemon:
             entries_in_map=len(keys),
             capacity=self._datapath.capacity,
         )
-        active = active_set(snapshot, window, self._ifnames)
+        active = DeferredActiveSet(snapshot, window, self._ifnames)
         union = self._sketch_window.update(slots, taken_ns, window)
         sketches = SketchCounts.of(union, self._datapath.plan, self.settings.fleet_ports)
         self._view = View(

@@ -28,7 +28,13 @@ from xdp_ip_counter import __version__
 from xdp_ip_counter.config import Settings
 from xdp_ip_counter.layout import FAMILIES, OUTCOMES, PROTOCOLS
 from xdp_ip_counter.sketch import SketchCounts
-from xdp_ip_counter.window import ActiveSet, Snapshot, family_name, protocol_name
+from xdp_ip_counter.window import (
+    ActiveSet,
+    DeferredActiveSet,
+    Snapshot,
+    family_name,
+    protocol_name,
+)
 
 PREFIX = "xdp_ip_counter_"
 
@@ -38,12 +44,12 @@ class View:
     """Everything /, /metrics and /list serve, as of one refresh. Swapped whole, never changed.
 
     Built as ``View(active=..., snapshot=..., settings=..., last_refresh_time=..., ...)``. Of the
-    snapshot it keeps only the summary (stats, entries, capacity), not the arrays, so that the
-    previous snapshot can be freed while the next one is being read. ``dataclasses.replace()``
+    snapshot it keeps only the summary (stats, entries, capacity); the arrays are held by a
+    DeferredActiveSet until /list asks for rows, which frees them. ``dataclasses.replace()``
     works without the snapshot (e.g. to count a failed refresh): the summary is carried over.
     """
 
-    active: ActiveSet
+    active: ActiveSet | DeferredActiveSet  # the daemon's rows are made when /list asks
     settings: Settings  # the settings in force for this refresh (ports, interfaces, window, ...)
     last_refresh_time: float  # wall clock (s since the epoch) of the refresh's snapshot
     snapshot: InitVar[Snapshot | None] = None  # sets stats, entries_in_map and capacity

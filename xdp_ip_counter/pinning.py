@@ -84,6 +84,7 @@ def restore_and_pin(directory: Path, datapath: DataPath, window: int) -> int:
             sets = len(old.words) // SET_DTYPE.itemsize
             keys, values = live_entries(as_words(old.words, sets), datapath.clock.now_ns(), window)
             carried = place(datapath.table_words(), keys, values)
+            datapath.unmap_table()
             log.info("carried %d of %d entries over from %s", carried, len(keys), old.path)
     with (
         _Pinned(directory / SKETCH_OF_PORT, 8) as ids,

@@ -13,6 +13,8 @@ array, a view of the mapped map or a copy.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import numpy as np
 
 from .layout import (
@@ -22,6 +24,7 @@ from .layout import (
     SLOT_DTYPE,
     STAMP_MASK,
     STAMP_SHIFT,
+    VALUE_DTYPE,
     WAYS,
 )
 
@@ -31,6 +34,9 @@ _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xC2B2AE3D27D4EB4F)
 _M3 = np.uint64(0x165667B19E3779F9)
 _SLOT_WORDS = SLOT_DTYPE.itemsize // 8
+# Words of a slot: the value (first_seen, last_seen, packets, bytes), then the key's three.
+_VALUE_COLUMNS = np.arange(4)
+_KEY_COLUMNS = np.arange(4, 7)
 
 
 def set_bits_for(max_entries: int) -> int:
@@ -46,13 +52,18 @@ def window_stamps(window_s: int) -> int:
 
 
 def key_hash(keys: np.ndarray) -> np.ndarray:
-    """The kernel's key_hash() of KEY_DTYPE keys (three multiply-xor rounds, an xor-shift)."""
+    """The kernel's key_hash() of KEY_DTYPE keys: per word, xor, fold, multiply."""
     words = np.ascontiguousarray(keys, dtype=KEY_DTYPE).view("<u8").reshape(-1, 3)
+    half = np.uint64(32)
     with np.errstate(over="ignore"):
         h = words[:, 0] * _M1
-        h = (h ^ words[:, 1]) * _M2
-        h = (h ^ words[:, 2]) * _M3
-        return h ^ (h >> np.uint64(29))
+        h ^= words[:, 1]
+        h ^= h >> half
+        h *= _M2
+        h ^= words[:, 2]
+        h ^= h >> half
+        h *= _M3
+        return h ^ (h >> half)
 
 
 def as_words(buffer: object, sets: int) -> np.ndarray:
@@ -78,13 +89,52 @@ def live_entries(words: np.ndarray, now_ns: int, window_s: int) -> tuple[np.ndar
     first_seen, latest last_seen, counts added)."""
     tags = words[:, :WAYS]
     live = live_mask(tags, now_ns, window_s)
-    rows = np.ascontiguousarray(_slots(words)[live]).view(SLOT_DTYPE).ravel()
-    keys = rows["key"]
-    values = rows["value"]
+    rows = _slots(words)[live].view(SLOT_DTYPE).ravel()
+    keys = np.ascontiguousarray(rows["key"])
+    values = np.ascontiguousarray(rows["value"])
+    del rows
     duplicate_sets = _sets_with_repeated_tags(tags, live)
     if len(duplicate_sets):
         keys, values = _merge_duplicates(keys, values, live, duplicate_sets)
     return keys, values
+
+
+def read_live_entries(
+    chunks: Callable[[], Iterator[np.ndarray]], now_ns: int, window_s: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """live_entries over a table read chunk by chunk (each chunk a (sets, SET_WORDS) view that
+    is valid until the next one is asked for), gathered straight into arrays of the right
+    size: a first pass counts the live slots, the second copies their keys and values and
+    nothing else. What arrived between the passes is kept."""
+    expected = sum(int(live_mask(c[:, :WAYS], now_ns, window_s).sum()) for c in chunks())
+    size = expected + expected // 64 + 1024
+    keys, values = np.empty(size, KEY_DTYPE), np.empty(size, VALUE_DTYPE)
+    key_words, value_words = keys.view("<u8").reshape(size, 3), values.view("<u8").reshape(size, 4)
+    extra: list[tuple[np.ndarray, np.ndarray]] = []
+    filled = 0
+    for chunk in chunks():
+        tags = chunk[:, :WAYS]
+        live = live_mask(tags, now_ns, window_s)
+        set_index, way = np.nonzero(live)  # row-major: set by set, way by way
+        if len(set_index) == 0:
+            continue
+        base = set_index * SET_WORDS + WAYS + way * _SLOT_WORDS
+        flat = chunk.reshape(-1)
+        duplicate_sets = _sets_with_repeated_tags(tags, live)
+        if len(set_index) > size - filled or len(duplicate_sets):
+            chunk_keys, chunk_values = live_entries(chunk, now_ns, window_s)
+            extra.append((chunk_keys, chunk_values))
+            continue
+        end = filled + len(base)
+        np.take(flat, base[:, None] + _VALUE_COLUMNS, out=value_words[filled:end])
+        np.take(flat, base[:, None] + _KEY_COLUMNS, out=key_words[filled:end])
+        filled = end
+    if extra:
+        return (
+            np.concatenate([keys[:filled], *(k for k, _ in extra)]),
+            np.concatenate([values[:filled], *(v for _, v in extra)]),
+        )
+    return keys[:filled], values[:filled]
 
 
 def _sets_with_repeated_tags(tags: np.ndarray, live: np.ndarray) -> np.ndarray:

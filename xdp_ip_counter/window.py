@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -114,16 +115,7 @@ class ActiveSet:
 
     def count_map(self) -> dict[tuple[int, int, int], int]:
         """{(family, proto, port): distinct sources}."""
-        return {
-            (int(f), int(p), int(port)): int(n)
-            for f, p, port, n in zip(
-                self.counts["family"].tolist(),
-                self.counts["proto"].tolist(),
-                self.counts["port"].tolist(),
-                self.counts["sources"].tolist(),
-                strict=True,
-            )
-        }
+        return count_map(self.counts)
 
     def select(
         self,
@@ -189,6 +181,129 @@ class ActiveSet:
         delta_ns = times_ns.astype(np.int64) - np.int64(self.taken_at_ns)
         wall_ns = np.int64(round(self.taken_at_wall * NS_PER_S)) + delta_ns
         return wall_ns // 1_000_000
+
+
+def count_map(counts: np.ndarray) -> dict[tuple[int, int, int], int]:
+    """COUNT_DTYPE rows as {(family, proto, port): distinct sources}."""
+    return {
+        (int(f), int(p), int(port)): int(n)
+        for f, p, port, n in zip(
+            counts["family"].tolist(),
+            counts["proto"].tolist(),
+            counts["port"].tolist(),
+            counts["sources"].tolist(),
+            strict=True,
+        )
+    }
+
+
+class DeferredActiveSet:
+    """The active set of a snapshot as the daemon serves it: the counts (what /metrics needs)
+    made at once, in one pass without sorting; the rows (sorted and merged across interfaces:
+    what /list needs) made the first time something asks for them, and kept. Thread-safe: the
+    HTTP threads may ask at once. The snapshot's arrays are held until then."""
+
+    def __init__(self, snapshot: Snapshot, window_s: int, ifnames: Mapping[int, str]) -> None:
+        self.window_s = window_s
+        self.taken_at_ns = snapshot.taken_at_ns
+        self.taken_at_wall = snapshot.taken_at_wall
+        self.counts, self._rows = count_sources(snapshot, window_s)
+        self._snapshot: Snapshot | None = snapshot
+        self._ifnames = dict(ifnames)
+        self._active: ActiveSet | None = None
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def count_map(self) -> dict[tuple[int, int, int], int]:
+        return count_map(self.counts)
+
+    def resolve(self) -> ActiveSet:
+        """The whole ActiveSet (made once)."""
+        with self._lock:
+            if self._active is None:
+                assert self._snapshot is not None
+                self._active = active_set(self._snapshot, self.window_s, self._ifnames)
+                self._snapshot = None
+            return self._active
+
+    def select(self, **filters: Sequence[int] | Sequence[str] | None) -> ActiveSet:
+        return self.resolve().select(**filters)  # type: ignore[arg-type]
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.resolve().rows
+
+
+def count_sources(snapshot: Snapshot, window_s: int) -> tuple[np.ndarray, int]:
+    """(COUNT_DTYPE counts, distinct (address, family, protocol, port) rows) within the window,
+    as active_set() would give them, without sorting the rows: each key is in the snapshot once,
+    so with one interface every row is a distinct source; with several, the rows of one source
+    on several interfaces are counted once (_source_kinds)."""
+    inside = snapshot.values["last_seen"] >= _cutoff(snapshot.taken_at_ns, window_s)
+    keys = snapshot.keys if inside.all() else snapshot.keys[inside]
+    if len(keys) == 0:
+        return np.zeros(0, COUNT_DTYPE), 0
+    ifindex = keys["ifindex"]
+    if ifindex.min() == ifindex.max():
+        kind = keys["port"].astype(np.uint32)
+        kind |= keys["proto"].astype(np.uint32) << np.uint32(16)
+        kind |= keys["family"].astype(np.uint32) << np.uint32(24)
+    else:
+        kind = _source_kinds(keys)
+    # Per (protocol, family) present, a count per port: bincount, no sort.
+    kinds = np.unique(kind >> np.uint32(16))  # a handful of values
+    parts = []
+    for value in kinds.tolist():
+        per_port = np.bincount(kind[(kind >> np.uint32(16)) == value] & np.uint32(0xFFFF))
+        hit = np.flatnonzero(per_port)
+        part = np.empty(len(hit), COUNT_DTYPE)
+        part["proto"] = value & 0xFF
+        part["family"] = value >> 8
+        part["port"] = hit
+        part["sources"] = per_port[hit]
+        parts.append(part)
+    counts = np.concatenate(parts)
+    order = np.lexsort((counts["family"], counts["proto"], counts["port"]))
+    return counts[order], len(kind)
+
+
+def _source_kinds(keys: np.ndarray) -> np.ndarray:
+    """port | proto << 16 | family << 24 (uint32) of each distinct (address, family, protocol,
+    port) of keys, whatever the interface. IPv4: the address and those fit one 64-bit integer
+    exactly, sorted. IPv6: a 64-bit hash of them, sorted, and where two hashes are equal the
+    keys themselves compared (a collision never merges two sources)."""
+    words = np.ascontiguousarray(keys).view("<u8").reshape(-1, 3)
+    high = np.uint64(32)
+    rest = words[:, 2] >> high  # port, proto, family: the key's last 4 bytes
+    v4 = keys["family"] == 4
+    kinds = []
+    if v4.any():
+        exact = (rest[v4] << high) | (words[v4, 1] >> high)  # ... and the IPv4 address
+        exact.sort()
+        first = np.empty(len(exact), bool)
+        first[0] = True
+        np.not_equal(exact[1:], exact[:-1], out=first[1:])
+        kinds.append((exact[first] >> high).astype(np.uint32))
+    if not v4.all():
+        v6 = np.flatnonzero(~v4)
+        with np.errstate(over="ignore"):
+            h = (words[v6, 0] * np.uint64(0x9E3779B97F4A7C15)) ^ words[v6, 1]
+            h ^= h >> high
+            h *= np.uint64(0xC2B2AE3D27D4EB4F)
+            h ^= rest[v6]
+            h ^= h >> high
+            h *= np.uint64(0x165667B19E3779F9)
+        order = np.argsort(h)
+        h = h[order]
+        keep = np.ones(len(order), bool)
+        for position in np.flatnonzero(h[1:] == h[:-1]).tolist():  # mostly the same source
+            a, b = v6[order[position]], v6[order[position + 1]]
+            if (words[a, :2] == words[b, :2]).all() and rest[a] == rest[b]:
+                keep[position + 1] = False
+        kinds.append(rest[v6[order[keep]]].astype(np.uint32))
+    return np.concatenate(kinds) if len(kinds) > 1 else kinds[0]
 
 
 def interface_names_of(bits: np.ndarray, names: Sequence[str]) -> tuple[str, ...]:
