@@ -1,12 +1,13 @@
 """Floods: a spoofed-source flood against the real daemon at its default capacity, while one
-steady client keeps talking; and what the daemon holds in memory per map entry.
+steady client keeps talking; reading a full table; and what the daemon holds in memory per
+table entry. (The sketch's count under a flood: test_sketch_flood.py.)
 
 The flood test (root) sends XIC_FLOOD_FRAMES frames (default 500000, about 20 s with the daemon's
 start-up) with trafgen from the client namespace of the e2e lab to the host-side veth, where the
 daemon is attached with the default max_entries (262144), watching the steady port and the
-flooded port. Afterwards the daemon must be alive and answering, the kernel map must never have
-held more than its capacity, the daemon's RSS must have stayed within `rss_bound_bytes()`, the
-steady client must be in /list, and the metrics must show the pressure. The full run:
+flooded port. Afterwards the daemon must be alive and answering, the kernel table full but its
+memory as allocated at start, the daemon's RSS within `rss_bound_bytes()`, the steady client in
+/list, and the metrics must show the pressure. The full run:
 
     XIC_FLOOD_FRAMES=10000000 /usr/bin/python3 -m pytest -s tests/reliability/test_flood.py
 
@@ -28,31 +29,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 from e2e.conftest import DaemonProcess, Lab, ip, wait_for
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import env_int
 from tests.support.frames import v4_udp
 from xdp_ip_counter import bpf_syscall
 from xdp_ip_counter.config import Settings
-from xdp_ip_counter.layout import KEY_DTYPE, VALUE_DTYPE
+from xdp_ip_counter.layout import KEY_DTYPE, SLOT_DTYPE, VALUE_DTYPE, WAYS
 from xdp_ip_counter.routes import LIST_CHUNK_ROWS, MAX_LIST_RENDERS, list_json_chunks
 from xdp_ip_counter.window import ACTIVE_DTYPE, Snapshot, active_set, stale_keys
 
-from .flood import Flood, KernelMap, SteadyClient, trafgen_config, trafgen_path
+from .flood import Flood, KernelTable, SteadyClient, trafgen_config, trafgen_path
+from .readings import PREFIX, frames_seen, outcome, scrape
 
 DEFAULT_FRAMES = 500_000
 STEADY_PORT = 22
 FLOOD_PORT = 53
 DAEMON_SETTINGS = {"window": 10, "refresh_interval": 1, "serve_ip_list": True}
 SAMPLE_EVERY_S = 0.25  # pacing of the samples taken while the flood runs
-KERNEL_COUNT_EVERY_S = 2.0
+KERNEL_COUNT_EVERY_S = 2.0  # pacing of the reads of the kernel table's claimed slots
 SLOWEST_FLOOD_RATE = 20_000  # frames/s; the deadline for the flood assumes no less
-PREFIX = "xdp_ip_counter_"
 
 # -- the memory bound ---------------------------------------------------------------------------
 #
-# What the daemon holds per entry of the kernel map at the peak of a refresh (bytes):
-#   the map read into capacity-sized key and value buffers (bpf.read_sources)        24 + 32
+# What the daemon holds per entry of the kernel table at the peak of a refresh (bytes):
+#   the live entries copied out of the mapped table (table.py): at most a slot each      64
+#   (the mapping itself is resident from the first refresh on: in the idle size)
 #   the View being served until the new one replaces it: an ActiveSet row (52) and
 #   one 64-bit word of interface bits (one word covers up to 64 interfaces)           52 + 8
 #   window.active_set()'s working arrays at their peak, the new ActiveSet's 60 bytes
@@ -62,7 +63,7 @@ PREFIX = "xdp_ip_counter_"
 # LIST_CHUNK_ROWS = 16384 rows held as Python text: measured by test_list_slice_memory, <= 1152
 # bytes per row. A headroom of 25% on the per-entry part covers glibc keeping freed buffers for
 # the next refresh and page rounding.
-SNAPSHOT_BYTES_PER_ENTRY = KEY_DTYPE.itemsize + VALUE_DTYPE.itemsize
+SNAPSHOT_BYTES_PER_ENTRY = SLOT_DTYPE.itemsize
 VIEW_BYTES_PER_ENTRY = ACTIVE_DTYPE.itemsize + 8
 WINDOW_WORKING_BYTES_PER_ENTRY = 128
 LIST_TEXT_BYTES_PER_ROW = 1152
@@ -77,24 +78,6 @@ def rss_bound_bytes(max_entries: int) -> int:
 
 
 # -- reading the daemon from outside -------------------------------------------------------------
-
-
-def scrape(daemon: DaemonProcess) -> dict[str, float]:
-    """/metrics as {"name" or "name{label=value,...}": value}."""
-    values = {}
-    for family in text_string_to_metric_families(daemon.metrics()):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return values
-
-
-def frames_seen(metrics: dict[str, float]) -> float:
-    return sum(v for k, v in metrics.items() if k.startswith(PREFIX + "frames_total{"))
-
-
-def outcome(metrics: dict[str, float], name: str) -> float:
-    return metrics[f"{PREFIX}frames_total{{outcome={name}}}"]
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -128,16 +111,6 @@ class Sample:
     scrape_seconds: float
 
 
-@pytest.fixture
-def spawned() -> Iterator[list]:
-    """Processes the test starts inside the lab's namespace: stopped before the lab goes (this
-    fixture is requested after `lab`, so it is torn down first)."""
-    processes: list = []
-    yield processes
-    for process in reversed(processes):
-        process.kill() if isinstance(process, Flood) else process.stop()
-
-
 @pytest.mark.root
 def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: Path, require):
     require(trafgen_path(), "needs trafgen (Debian package netsniff-ng)")
@@ -157,8 +130,8 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
     pid = daemon.proc.pid
     started_metrics = scrape(daemon)
     assert started_metrics[PREFIX + "map_capacity"] == capacity, "not the default capacity"
-    kernel_map = KernelMap.of_interface(link.host_if)
-    assert kernel_map.max_entries == capacity
+    table = KernelTable.of_interface(link.host_if)
+    assert table.slots == capacity, f"{table.sets} sets of {WAYS} slots for {capacity} entries"
 
     # The steady client's frames must not wait for ARP answers lost in the flood.
     host_mac = json.loads(ip("-j", "link", "show", "dev", link.host_if).stdout)[0]["address"]
@@ -220,15 +193,13 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
             )
         )
         if answered >= next_kernel_count:
-            kernel_counts.append(kernel_map.count_entries(KEY_DTYPE.itemsize, VALUE_DTYPE.itemsize))
+            kernel_counts.append(table.claimed_slots())
             next_kernel_count = time.monotonic() + KERNEL_COUNT_EVERY_S
         time.sleep(SAMPLE_EVERY_S)
     report = flood.finish(deadline_s)
     flood_ended = time.time()
-    # Read while nothing churns (the daemon's expiry can only remove entries): a batch read that
-    # races the flood is no measure of the map's size, as entries evicted behind the reader are
-    # replaced by new ones ahead of it (counts of 262259 were seen that way).
-    quiet_count = kernel_map.count_entries(KEY_DTYPE.itemsize, VALUE_DTYPE.itemsize)
+    # Read while nothing churns (a slot past the window stays claimed until a new key takes it).
+    quiet_count = table.claimed_slots()
 
     # -- afterwards ------------------------------------------------------------------------
     assert daemon.proc.poll() is None, f"the daemon died; its log:\n{daemon.log()}"
@@ -265,9 +236,9 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
         f"inserted, {insert_failed:.0f} insert failures, evictions metric {evictions}; map "
         f"entries max {max((s.entries for s in samples), default=0):.0f} of {capacity} (full from "
         f"{min(full_at, default=float('nan')):.1f} s), {entries_after:.0f} after it; "
-        f"kernel map {quiet_count} entries after it ({max(kernel_counts, default=0)} at most in "
-        f"{len(kernel_counts)} reads racing it), "
-        f"memlock {kernel_map.bytes_memlock} bytes; "
+        f"kernel table {quiet_count} slots claimed after it ({max(kernel_counts, default=0)} at "
+        f"most in {len(kernel_counts)} reads racing it), "
+        f"memlock {table.bytes_memlock} bytes; "
         f"RSS {baseline_kib} KiB idle, peak {peak_kib} KiB: "
         f"+{growth / 2**20:.1f} MiB, bound +{bound / 2**20:.1f} MiB "
         f"({growth / capacity:.0f} of {bound / capacity:.0f} bytes per entry); steady client "
@@ -282,10 +253,8 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
     assert samples, f"the flood ended before a single sample: {summary}"
     assert all(s.capacity == capacity for s in samples), summary
     assert all(s.entries <= capacity for s in samples), f"map above capacity: {summary}"
-    assert 0.98 * capacity <= quiet_count <= capacity, (
-        f"kernel map not full or above capacity: {summary}"
-    )
-    assert kernel_map.memlock() == kernel_map.bytes_memlock, f"the map's memory grew: {summary}"
+    assert 0.98 * capacity <= quiet_count <= capacity, f"kernel table not full: {summary}"
+    assert table.memlock() == table.bytes_memlock, f"the table's memory grew: {summary}"
     assert growth <= bound, f"RSS grew beyond the bound: {summary}"
     # The pressure an operator sees: the map full (entries == capacity) while new keys keep
     # coming (recorded_new growing far past the capacity), or insert failures.
@@ -293,19 +262,18 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
         f"map_entries never reached the capacity: {summary}"
     )
     assert inserted > capacity or insert_failed > 0, f"no sign of the pressure: {summary}"
-    # Every new key beyond the capacity pushed an old one out (nothing was old enough to expire).
+    # Every new key beyond the free slots gave up a live entry (nothing left the window while the
+    # flood ran).
     assert 0.9 * (inserted - capacity) <= evictions <= inserted, (
         f"{evictions_name} does not match the new keys the full map took: {summary}"
     )
     assert steady.alive() and steady.sent() > 0, summary
-    # Last, as it is a known failure (bpf_syscall.map_lookup_batch's ENOSPC on a full, churning
-    # map; see test_batch_read_when_a_bucket_outgrows_the_room_left): the rest come first.
     assert refresh_failures == 0, f"refreshes failed during the flood: {summary}\n{daemon.log()}"
 
 
-# -- reading a map whose bucket does not fit the room left --------------------------------------
+# -- reading a full table ---------------------------------------------------------------------
 
-BUCKET_TEST_CAPACITY = 4096
+FULL_TABLE_CAPACITY = 4096
 
 
 def _udp_frames_from(first_source: int, count: int) -> Iterator[bytes]:
@@ -319,43 +287,44 @@ def _udp_frames_from(first_source: int, count: int) -> Iterator[bytes]:
 
 
 @pytest.mark.root
-def test_batch_read_when_a_bucket_outgrows_the_room_left() -> None:
-    """map_lookup_batch() must read every entry whatever its chunk size.
-
-    The kernel copies a hash map bucket by bucket and answers ENOSPC when the first bucket of a
-    call holds more entries than the call asked for. read_sources() asks for `capacity - read so
-    far` in its last call; when a flood keeps the map full and adds entries to buckets not read
-    yet, that can be fewer than the next bucket holds, and the whole refresh fails (seen in the
-    flood test: "refresh failed ... MAP_LOOKUP_BATCH: No space left on device"). Chunks of 1-3
-    entries make every call such a call, on a map that holds still."""
+def test_a_full_churned_table_reads_every_entry_once() -> None:
+    """A refresh reads the table through mmap (DataPath.read_sources); on a table that a flood
+    has filled and churned (three new sources per slot, one frame each, all within the window)
+    it must give back every claimed slot's entry once, each with its one frame, and every new
+    source beyond the free slots must have given up a live entry (the `evicted` event behind
+    map_evictions_total). Frames go in one by one (BPF_PROG_TEST_RUN on one CPU): no claim
+    races, so no duplicates to merge and no insert failures. (This replaces the check of the
+    LRU hash's batch reads, which could fail with ENOSPC on a full map: the table is read
+    without syscalls now.)"""
     from xdp_ip_counter.bpf import DataPath  # noqa: PLC0415 - needs bcc
     from xdp_ip_counter.config import PortFilter  # noqa: PLC0415
 
-    datapath = DataPath(BUCKET_TEST_CAPACITY)
+    first_source = 0x0A000000
+    datapath = DataPath(FULL_TABLE_CAPACITY)
     try:
-        datapath.set_ports(PortFilter.all())
-        for frame in _udp_frames_from(0x0A000000, BUCKET_TEST_CAPACITY):
+        datapath.configure(PortFilter.all(), window=60)
+        sent = 3 * datapath.capacity
+        for frame in _udp_frames_from(first_source, sent):
             bpf_syscall.prog_test_run(datapath.prog_fd, frame)
-        key_size, value_size = KEY_DTYPE.itemsize, VALUE_DTYPE.itemsize
-        *_, entries = bpf_syscall.map_lookup_batch(
-            datapath.sources_fd, key_size, value_size, BUCKET_TEST_CAPACITY
-        )
-        # 4000-odd keys in 4096 buckets: many buckets hold two or more
-        assert entries > BUCKET_TEST_CAPACITY // 2
-        for chunk in (1, 2, 3):
-            try:
-                keys, _, count = bpf_syscall.map_lookup_batch(
-                    datapath.sources_fd, key_size, value_size, BUCKET_TEST_CAPACITY, chunk=chunk
-                )
-            except OSError as exc:
-                raise AssertionError(
-                    f"reading {entries} entries in chunks of {chunk} failed: {exc}"
-                ) from exc
-            assert count == entries, f"chunks of {chunk}: {count} entries read of {entries}"
-            distinct = {bytes(keys[i : i + key_size]) for i in range(0, count * key_size, key_size)}
-            assert len(distinct) == count, f"chunks of {chunk}: a key came twice"
+        keys, values, _ = datapath.read_sources()
+        stats, events = datapath.read_stats(), datapath.read_events()
+        tags = datapath.table_words()[:, :WAYS]
+        claimed = int(np.count_nonzero(tags >> np.uint64(32)))
+        del tags
     finally:
         datapath.close()
+    assert datapath.capacity == FULL_TABLE_CAPACITY
+    assert (stats["recorded_new"], stats["insert_failed"]) == (sent, 0), stats
+    assert claimed >= 0.98 * FULL_TABLE_CAPACITY, f"{claimed} slots claimed: not full"
+    assert len(keys) == claimed, f"{len(keys)} entries read from {claimed} claimed slots"
+    addresses = np.ascontiguousarray(keys["addr"]).view(np.uint8).reshape(-1, 16)
+    sources = np.ascontiguousarray(addresses[:, 12:]).view(">u4").ravel()
+    assert len(np.unique(sources)) == len(sources), "an entry read twice"
+    assert ((sources >= first_source) & (sources < first_source + sent)).all()
+    assert (values["packets"] == 1).all() and (keys["port"] == FLOOD_PORT).all()
+    assert events["evicted"] == sent - claimed, (
+        f"{events['evicted']} live entries given up for {sent} new sources into {claimed} slots"
+    )
 
 
 # -- what a refresh and a /list slice cost, per entry (pure) ----------------------------------
