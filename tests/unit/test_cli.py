@@ -32,6 +32,7 @@ CONTRACT_HELP_LINES = [
 ]
 ADDED_FLAGS = [
     "-c, --config <PATH>",
+    "--fleet-ports <PORTS>",
     "--listen-address <ADDRESS>",
     "--xdp-mode <MODE>",
     "--max-entries <N>",
@@ -93,6 +94,8 @@ def test_every_flag(no_default_config: Path) -> None:
             "4096",
             "--refresh-interval",
             "5",
+            "--fleet-ports",
+            "80,22",
         ],
         no_default_config,
     )
@@ -100,6 +103,7 @@ def test_every_flag(no_default_config: Path) -> None:
         interfaces=("lo", "veth0", "veth1"),
         ports=PortFilter.of({22, 80, 8000, 8001}),
         window=120,
+        fleet_ports=(22, 80),
         server_port=9031,
         serve_ip_list=True,
         listen_address="::1",
@@ -147,6 +151,16 @@ def test_long_forms(no_default_config: Path) -> None:
             ["--refresh-interval", "7"],
             "argument --refresh-interval: the window (60 s) must be a multiple of "
             "refresh_interval (7 s)",
+        ),
+        (["--fleet-ports", "ssh"], "argument --fleet-ports: item 1: expected a port number"),
+        (["--fleet-ports", "0"], "argument --fleet-ports: item 1: port 0 is outside 1..65535"),
+        (
+            ["-p", "22", "--fleet-ports", "22,53"],
+            "argument --fleet-ports: port 53 is not watched (ports: 22)",
+        ),
+        (
+            ["--fleet-ports", ",".join(map(str, range(1, 18)))],
+            "argument --fleet-ports: at most 16 ports",
         ),
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--serve"], "unrecognized arguments: --serve"),  # no abbreviations
@@ -318,6 +332,58 @@ def test_check_config_bad_file(tmp_path: Path, text: str, expected: str) -> None
     assert result.stderr.startswith(f"xdp-ip-counter: error: {path}: ")
     assert expected in result.stderr
     assert result.stderr.count("\n") == 1  # one line
+
+
+def test_fleet_ports_from_the_file_and_the_flag(tmp_path: Path, no_default_config: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('interfaces = ["lo"]\nports = [22, 53]\nfleet_ports = [53]\n')
+    assert settings(["-c", str(path)], no_default_config).fleet_ports == (53,)
+    assert settings(["-c", str(path), "--fleet-ports", "22"], no_default_config).fleet_ports == (
+        22,
+    )
+    assert settings(["-c", str(path), "--fleet-ports", ""], no_default_config).fleet_ports == ()
+    # Ports narrowed by the flag: the file's fleet port is named, where it came from.
+    assert error_of(["-c", str(path), "-p", "22"], no_default_config) == (
+        f"{path}: key 'fleet_ports': port 53 is not watched (ports: 22)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "expected"),
+    [
+        (
+            'interfaces = ["lo"]\nports = [22]\nfleet_ports = [53]\n',
+            [],
+            "xdp-ip-counter: error: {path}: key 'fleet_ports': port 53 is not watched "
+            "(ports: 22)\n",
+        ),
+        (
+            'interfaces = ["lo"]\nfleet_ports = "53"\n',
+            [],
+            "xdp-ip-counter: error: {path}: key 'fleet_ports': expected an array, got a string "
+            "('53')\n",
+        ),
+        (
+            'interfaces = ["lo"]\nports = [22]\n',
+            ["--fleet-ports", "22,53"],
+            "xdp-ip-counter: error: argument --fleet-ports: port 53 is not watched (ports: 22)\n",
+        ),
+        (
+            'interfaces = ["lo"]\n',
+            ["--fleet-ports", "dns"],
+            "xdp-ip-counter: error: argument --fleet-ports: item 1: expected a port number, got "
+            "a string ('dns')\n",
+        ),
+    ],
+)
+def test_check_config_names_a_bad_fleet_port(
+    tmp_path: Path, text: str, flags: list[str], expected: str
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    result = run_module("--check-config", "-c", str(path), *flags)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == expected.format(path=path)
 
 
 def test_check_config_bad_flag(tmp_path: Path) -> None:

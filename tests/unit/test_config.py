@@ -11,6 +11,7 @@ import pytest
 from xdp_ip_counter.config import (
     FILE_KEYS,
     MAX_ENTRIES_LIMIT,
+    MAX_FLEET_PORTS,
     RESTART_FIELDS,
     SETTINGS,
     Apply,
@@ -20,6 +21,7 @@ from xdp_ip_counter.config import (
     diff,
     load_file,
     needs_restart,
+    parse_fleet_ports,
     parse_ports,
     validate_interfaces,
 )
@@ -139,6 +141,80 @@ def test_port_filter_all_with_ports_is_impossible() -> None:
 
 
 # ------------------------------------------------------------------------------------------
+# Fleet ports
+
+FLEET = "argument --fleet-ports"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("53", (53,)),
+        ("53,22", (22, 53)),
+        (" 22 , 53 ,22", (22, 53)),
+        ("1,65535", (1, 65535)),
+        ("", ()),
+        ([], ()),
+        ([443, 22, 443], (22, 443)),
+        (["53"], (53,)),
+    ],
+)
+def test_parse_fleet_ports_accepts(value: str | list, expected: tuple[int, ...]) -> None:
+    assert parse_fleet_ports(value, FLEET) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("ssh", "item 1: expected a port number, got a string ('ssh')"),
+        ("22,8000-8100", "item 2: expected a port number, got a string ('8000-8100')"),
+        ("0", "item 1: port 0 is outside 1..65535"),
+        ("22,65536", "item 2: port 65536 is outside 1..65535"),
+        ("-1", "item 1: expected a port number, got a string ('-1')"),
+        ([22, True], "item 2: expected a port number, got a boolean (True)"),
+        ([22.0], "item 1: expected a port number, got a float (22.0)"),
+        ([0], "item 1: port 0 is outside 1..65535"),
+        (22, "expected an array such as [22, 53], got an integer (22)"),
+    ],
+)
+def test_parse_fleet_ports_rejects(value: object, problem: str) -> None:
+    assert error_of(parse_fleet_ports, value, FLEET) == f"{FLEET}: {problem}"
+
+
+def test_at_most_16_fleet_ports() -> None:
+    ports = PortFilter.of(range(1000, 1100))
+    fleet = tuple(range(1000, 1000 + MAX_FLEET_PORTS))
+    assert Settings(ports=ports, fleet_ports=fleet).fleet_ports == fleet
+    message = error_of(
+        Settings, ports=ports, fleet_ports=(*fleet, 2000), origins={"fleet_ports": FLEET}
+    )
+    assert message == (
+        f"{FLEET}: at most 16 ports (each exports 16,384 series: 4,096 registers per family and "
+        "protocol), got 17"
+    )
+
+
+def test_a_fleet_port_must_be_watched() -> None:
+    assert Settings(fleet_ports=(53, 22)).fleet_ports == (53, 22)  # all ports watched
+    assert Settings(ports=PortFilter.of({22, 53}), fleet_ports=(53,)).fleet_ports == (53,)
+    where = "/etc/x.toml: key 'fleet_ports'"
+    message = error_of(
+        Settings,
+        ports=PortFilter.of({22, 80, 81}),
+        fleet_ports=(22, 53),
+        origins={"fleet_ports": where},
+    )
+    assert message == f"{where}: port 53 is not watched (ports: 22,80-81)"
+
+
+def test_fleet_ports_are_live_and_shown_in_a_reloads_diff() -> None:
+    old, new = Settings(), Settings(fleet_ports=(22, 53))
+    assert needs_restart(old, new) == []
+    assert diff(old, new) == ["fleet_ports: none -> 22,53"]
+    assert diff(new, old) == ["fleet_ports: 22,53 -> none"]
+
+
+# ------------------------------------------------------------------------------------------
 # The declarations
 
 
@@ -196,6 +272,7 @@ def test_defaults_are_the_contract() -> None:
     assert settings.xdp_mode == "skb"
     assert settings.max_entries == 262144
     assert settings.refresh_interval == 10
+    assert settings.fleet_ports == ()
     assert settings.config_path is None
 
 
@@ -318,12 +395,14 @@ serve_ip_list = true
 xdp_mode = "native"
 max_entries = 1024
 refresh_interval = 5
+fleet_ports = [80, 22]
 """,
     )
     assert load_file(path) == {
         "interfaces": ("lo", "veth0"),
         "ports": PortFilter.of({22, 80, 8000, 8001, 8002}),
         "window": 30,
+        "fleet_ports": (22, 80),
         "listen_address": "::1",
         "server_port": 9031,
         "serve_ip_list": True,
@@ -368,6 +447,16 @@ def test_empty_file_is_no_keys(tmp_path: Path) -> None:
         ("max_entries = 0", "max_entries", "must be 1..134217728, got 0"),
         ("max_entries = 134217729", "max_entries", "must be 1..134217728, got 134217729"),
         ("refresh_interval = 0", "refresh_interval", "must be >= 1, got 0"),
+        ('fleet_ports = "22,53"', "fleet_ports", "expected an array, got a string ('22,53')"),
+        ("fleet_ports = 22", "fleet_ports", "expected an array, got an integer (22)"),
+        ("fleet_ports = [0]", "fleet_ports", "item 1: port 0 is outside 1..65535"),
+        ('fleet_ports = ["8000-8100"]', "fleet_ports", "item 1: expected a port number"),
+        ("fleet_ports = [[22]]", "fleet_ports", "item 1: expected a port number, got an array"),
+        (
+            f"fleet_ports = {list(range(1, 18))}",
+            "fleet_ports",
+            "at most 16 ports (each exports 16,384 series",
+        ),
         ("windw = 60", "windw", "unknown key (did you mean 'window'? known keys: interfaces,"),
         ("[server]\nport = 1", "server", "unknown key"),
     ],

@@ -22,8 +22,20 @@ from prometheus_client.parser import text_string_to_metric_families as parse_cla
 
 from tests.conftest import assert_golden
 from xdp_ip_counter.config import PortFilter, Settings
-from xdp_ip_counter.layout import KEY_DTYPE, OUTCOMES, VALUE_DTYPE
+from xdp_ip_counter.layout import HLL_P, KEY_DTYPE, OUTCOMES, VALUE_DTYPE
 from xdp_ip_counter.metrics import CLASSIC, OPENMETRICS, Exposition, View, ViewCollector
+from xdp_ip_counter.sketch import (
+    FLEET_P,
+    SketchCounts,
+    SketchPlan,
+    SketchUnion,
+    address_hash,
+    address_words,
+    estimate_classic,
+    registers,
+    relative_standard_error,
+    sketch_class,
+)
 from xdp_ip_counter.window import Snapshot, active_set
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -42,7 +54,40 @@ def key(ip: str, port: int, proto: int, ifindex: int = 2) -> tuple:
     return (raw, ifindex, port, proto, address.version)
 
 
-def sample_view(ports: PortFilter, **changes: object) -> View:
+# Sources within the window, by (family, protocol, port): what the sketches saw of the table.
+IN_WINDOW = {
+    (4, 6, 22): ["10.7.0.1", "10.7.0.2"],
+    (6, 6, 22): ["fd00:7::1"],
+    (4, 17, 53): ["10.7.0.3"],
+    (6, 6, 8080): ["fd00:7::2"],
+}
+# Sources of v4 tcp/22 that the table gave up (a flood): only its sketch counts them.
+LOST = [f"10.9.{n >> 8}.{n & 255}" for n in range(1000)]
+
+
+def sample_sketches(
+    ports: PortFilter, fleet_ports: tuple[int, ...] = (), lost: list[str] = LOST
+) -> SketchCounts:
+    """The window's sketches of sample_view: each (family, protocol, port) saw the sources the
+    table holds within the window, and v4 tcp/22 also `lost` (its sketch, or with all ports its
+    class's "other ports" sketch, says it lost them)."""
+    plan = SketchPlan.initial(ports.ports, fleet_ports)
+    union = SketchUnion(
+        np.zeros((plan.sketches, 1 << HLL_P), np.uint8), np.zeros(plan.sketches, np.uint64)
+    )
+    seen = {**IN_WINDOW, (4, 6, 22): IN_WINDOW[(4, 6, 22)] + lost}
+    for (family, proto, port), sources in seen.items():
+        sketch = plan.sketch_id(family, proto, port)
+        sketch = sketch_class(family, proto) if sketch is None else sketch
+        words = np.array([address_words(source) for source in sources], np.uint64)
+        hashes = address_hash(words[:, 0], words[:, 1])
+        np.maximum(union.registers[sketch], registers(hashes), out=union.registers[sketch])
+        if (family, proto, port) == (4, 6, 22):
+            union.lost[sketch] = len(lost)
+    return SketchCounts.of(union, plan, fleet_ports)
+
+
+def sample_view(ports: PortFilter, fleet_ports: tuple[int, ...] = (), **changes: object) -> View:
     entries = [
         (key("10.7.0.1", 22, 6), NOW - 5 * S),
         (key("10.7.0.1", 22, 6, ifindex=3), NOW - 3 * S),  # same source, second interface
@@ -57,11 +102,17 @@ def sample_view(ports: PortFilter, **changes: object) -> View:
     stats = {name: 10 * index for index, name in enumerate(OUTCOMES)}
     snap = Snapshot(keys, values, NOW, WALL, stats, entries_in_map=len(keys), capacity=262144)
     settings = Settings(
-        interfaces=("eth0", "eth1"), ports=ports, window=60, serve_ip_list=True, xdp_mode="native"
+        interfaces=("eth0", "eth1"),
+        ports=ports,
+        window=60,
+        fleet_ports=fleet_ports,
+        serve_ip_list=True,
+        xdp_mode="native",
     )
     view = View(
         active=active_set(snap, 60, {2: "eth0", 3: "eth1"}),
         snapshot=snap,
+        sketches=sample_sketches(ports, fleet_ports),
         settings=settings,
         last_refresh_time=WALL,
         refresh_duration=0.125,
@@ -91,11 +142,16 @@ def samples(body: bytes, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     return found
 
 
-def active_users(body: bytes) -> dict[tuple[str, str, str], float]:
+def active_users(body: bytes, name: str = "active_users") -> dict[tuple[str, str, str], float]:
     return {
         (dict(labels)["ip"], dict(labels)["proto"], dict(labels)["port"]): value
-        for labels, value in samples(body, "active_users").items()
+        for labels, value in samples(body, name).items()
     }
+
+
+def within(value: float, truth: int) -> bool:
+    """Within 4 standard errors of the kernel's p = 14 sketch."""
+    return abs(value - truth) <= max(1.0, 4 * relative_standard_error(HLL_P) * truth)
 
 
 # -- golden files ---------------------------------------------------------------------------
@@ -130,7 +186,7 @@ def test_all_ports_shows_only_ports_that_were_hit() -> None:
 
 
 def test_listed_ports_show_every_port_family_and_protocol() -> None:
-    body, _ = render(sample_view(LISTED), PROMETHEUS_ACCEPT)
+    body, _ = render(sample_view(LISTED, sketches=None), PROMETHEUS_ACCEPT)  # the table's counts
     expected = {
         (family, proto, str(port)): 0.0
         for port in (22, 53, 443)
@@ -257,3 +313,115 @@ def test_view_keeps_the_snapshot_summary_not_its_arrays() -> None:
 def test_evictions_are_exported_as_a_counter() -> None:
     body, _ = render(sample_view(ALL, evictions=42), PROMETHEUS_ACCEPT)
     assert samples(body, "xdp_ip_counter_map_evictions_total") == {(): 42.0}
+
+
+# -- past the table's capacity: the sketches ------------------------------------------------
+
+
+def exactness(body: bytes) -> dict[tuple[str, str, str], float]:
+    return active_users(body, "active_users_exact")
+
+
+def test_a_lossy_port_shows_its_sketchs_estimate_and_is_not_exact() -> None:
+    body, _ = render(sample_view(LISTED), PROMETHEUS_ACCEPT)
+    users, exact = active_users(body), exactness(body)
+    # v4 tcp/22 lost sources from the table: its sketch saw the 2 the table holds and 1000 more.
+    assert within(users[("v4", "tcp", "22")], 1002)
+    assert users[("v4", "tcp", "22")] == round(users[("v4", "tcp", "22")])
+    assert exact[("v4", "tcp", "22")] == 0.0
+    # Everything else is the table's exact count.
+    exact_counts = active_users(render(sample_view(LISTED, sketches=None), None)[0])
+    del exact_counts[("v4", "tcp", "22")]
+    assert {label: users[label] for label in exact_counts} == exact_counts
+    assert set(exact) == set(users)
+    assert {label for label, value in exact.items() if value != 1.0} == {("v4", "tcp", "22")}
+
+
+def test_a_lossy_port_never_shows_less_than_the_table_holds() -> None:
+    """An estimate below the table's count (its error, or registers lost to a race) is not
+    shown: the table's sources were all seen."""
+    view = sample_view(LISTED)
+    assert view.sketches is not None
+    low = replace(
+        view.sketches, estimates={**view.sketches.estimates, (4, 6, 22): 1.4, (6, 6, 22): 0.0}
+    )
+    body, _ = render(replace(view, sketches=low), PROMETHEUS_ACCEPT)
+    assert active_users(body)[("v4", "tcp", "22")] == 2.0  # the table's count
+    assert exactness(body)[("v4", "tcp", "22")] == 0.0
+    assert active_users(body)[("v6", "tcp", "22")] == 1.0  # exact: the estimate is not used
+
+
+def test_a_port_without_a_sketch_of_its_own_shows_the_lower_bound() -> None:
+    """With all ports watched no port has a sketch of its own: v4 tcp/22 lost sources to the
+    v4 tcp "other ports" sketch, so every v4 tcp port shows the table's count, a lower bound,
+    with active_users_exact 0; active_users_other_ports has the estimate."""
+    body, _ = render(sample_view(ALL), PROMETHEUS_ACCEPT)
+    assert active_users(body)[("v4", "tcp", "22")] == 2.0
+    assert exactness(body) == {
+        ("v4", "tcp", "22"): 0.0,
+        ("v6", "tcp", "22"): 1.0,
+        ("v4", "udp", "53"): 1.0,
+        ("v6", "tcp", "8080"): 1.0,
+    }
+    other = {
+        (dict(labels)["ip"], dict(labels)["proto"]): value
+        for labels, value in samples(body, "active_users_other_ports").items()
+    }
+    assert set(other) == {("v4", "tcp"), ("v4", "udp"), ("v6", "tcp"), ("v6", "udp")}
+    assert within(other[("v4", "tcp")], 1002)
+    assert other[("v6", "tcp")] == 2.0  # fd00:7::1 on 22 and fd00:7::2 on 8080
+    assert other[("v4", "udp")] == 1.0
+    assert other[("v6", "udp")] == 0.0
+
+
+def test_without_sketches_every_count_is_exact_and_there_is_no_estimate() -> None:
+    body, _ = render(sample_view(ALL, sketches=None), PROMETHEUS_ACCEPT)
+    assert set(exactness(body).values()) == {1.0}
+    assert set(exactness(body)) == set(active_users(body))
+    assert b"active_users_other_ports" not in body
+    assert b"active_users_hll_register" not in body
+
+
+def registers_of(body: bytes) -> dict[tuple[str, str, str], list[float]]:
+    found: dict[tuple[str, str, str], dict[int, float]] = {}
+    for labels, value in samples(body, "active_users_hll_register").items():
+        label = dict(labels)
+        series = found.setdefault((label["ip"], label["proto"], label["port"]), {})
+        series[int(label["register"])] = value
+    for series in found.values():
+        assert sorted(series) == list(range(len(series)))
+    return {label: [series[i] for i in range(len(series))] for label, series in found.items()}
+
+
+@pytest.mark.parametrize("accept", [None, PROMETHEUS_ACCEPT])
+def test_fleet_ports_export_their_registers(accept: str | None) -> None:
+    """53 is a fleet port: its v4 udp sketch (the only one of 53 that saw a source) is
+    exported at p = 12, register by register; 22 is not a fleet port."""
+    body, _ = render(sample_view(LISTED, fleet_ports=(53,)), accept)
+    exported = registers_of(body)
+    assert set(exported) == {("v4", "udp", "53")}
+    words = np.array([address_words("10.7.0.3")], np.uint64)
+    expected = registers(address_hash(words[:, 0], words[:, 1]), FLEET_P)
+    assert exported[("v4", "udp", "53")] == expected.astype(float).tolist()
+    assert len(exported[("v4", "udp", "53")]) == 4096
+    assert estimate_classic(np.array(exported[("v4", "udp", "53")])) == pytest.approx(1, abs=0.01)
+
+
+def test_the_registers_of_a_lossy_fleet_port_estimate_its_sources() -> None:
+    body, _ = render(sample_view(LISTED, fleet_ports=(22, 53)), None)
+    exported = registers_of(body)
+    assert set(exported) == {("v4", "tcp", "22"), ("v6", "tcp", "22"), ("v4", "udp", "53")}
+    union = estimate_classic(np.array(exported[("v4", "tcp", "22")]))
+    assert abs(union - 1002) <= 4 * relative_standard_error(FLEET_P) * 1002
+
+
+def test_promtool_accepts_the_fleet_registers(require: Callable[[object, str], None]) -> None:
+    promtool = shutil.which("promtool") or "/usr/bin/promtool"
+    require(Path(promtool).exists(), "promtool not found (Debian package 'prometheus')")
+    body, _ = render(sample_view(LISTED, fleet_ports=(22, 53)), None)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, timeout=60, check=False
+    )
+    findings = (result.stdout + result.stderr).decode().splitlines()
+    assert [line for line in findings if line and not _PREFIX_FINDING.fullmatch(line)] == []
+    assert result.returncode in (0, 3), findings

@@ -1,6 +1,6 @@
 """Every copy of the settings outside config.SETTINGS agrees with it: the README's flag and key
 tables, the packaged config.toml, the Ansible role (defaults, template, README, vars), and the
-figure of kernel memory per map entry wherever the docs give it."""
+figure of kernel memory per table entry wherever the docs give it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from xdp_ip_counter.config import RESTART_FIELDS, SETTING_BY_KEY, SETTINGS, Setting, load_file
+from xdp_ip_counter.layout import SET_DTYPE, WAYS
+from xdp_ip_counter.table import set_bits_for
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -21,11 +23,14 @@ ROLE = REPO / "ansible" / "roles" / "xdp_ip_counter"
 # xdp_ip_counter_extra_settings, web_config_file is written when xdp_ip_counter_web_config is set.
 ROLE_WITHOUT_VARIABLE = {"refresh_interval", "web_config_file"}
 
-# Kernel memory per entry of the sources map: bytes_memlock / max_entries of an lru_hash with the
-# program's 24-byte key and 32-byte value, as `bpftool map show` reports it (31458240 bytes for
-# 262144 entries, Linux 6.18: a 104-byte element and a 16-byte bucket per entry).
-KERNEL_BYTES_PER_ENTRY = 120
+# Kernel memory per entry of the sources table: an array map (BPF_F_MMAPABLE) of 576-byte sets of
+# 8 slots (a line of 8 tag words, then 8 slots of 64 bytes: the 32-byte value, the 24-byte key,
+# 8 unused bytes), so 72 bytes per slot; the array's elements are all the memory it charges,
+# apart from its header and the rounding up to a page. The capacity is max_entries rounded up
+# to a power of two (a power of two of sets, at least 16 of them).
+KERNEL_BYTES_PER_ENTRY = 72
 DEFAULT_MAX_ENTRIES = SETTING_BY_KEY["max_entries"].default
+DEFAULT_CAPACITY = (1 << set_bits_for(DEFAULT_MAX_ENTRIES)) * WAYS
 
 TOML_TYPE_NAMES = {int: "integer", str: "string", bool: "boolean", list: "list of"}
 
@@ -161,7 +166,7 @@ def test_role_defaults_are_the_packaged_configuration() -> None:
         assert variable in defaults, f"defaults/main.yml has no {variable}"
         value = defaults[variable]
         expected = packaged[setting.key]
-        if setting.key == "interfaces":
+        if setting.key in ("interfaces", "fleet_ports"):
             value = tuple(value)  # type: ignore[arg-type]
         elif setting.key == "ports":
             expected = [] if expected.all_ports else sorted(expected.ports)
@@ -208,13 +213,35 @@ def test_role_readme_does_not_list_the_package_dependencies() -> None:
 # Kernel memory per entry
 
 
-@pytest.mark.parametrize("path", [README, PACKAGED_CONFIG], ids=lambda path: path.name)
-def test_kernel_memory_per_entry_is_the_measured_figure(path: Path) -> None:
+def test_kernel_memory_per_entry_is_a_slot_of_the_table_layout() -> None:
+    assert SET_DTYPE.itemsize == 576
+    assert SET_DTYPE.itemsize / WAYS == KERNEL_BYTES_PER_ENTRY
+    assert DEFAULT_CAPACITY == DEFAULT_MAX_ENTRIES  # the default is a power of two already
+
+
+@pytest.mark.parametrize(
+    "path",
+    [README, PACKAGED_CONFIG, ROLE / "defaults" / "main.yml"],
+    ids=lambda path: path.relative_to(REPO).as_posix(),
+)
+def test_kernel_memory_per_entry_is_the_table_figure(path: Path) -> None:
     text = " ".join(line.lstrip("# ") for line in path.read_text().splitlines())
-    figures = re.findall(r"about (\d+) bytes(?: of kernel memory)? per entry", text, re.I)
+    figures = re.findall(r"(?:about )?(\d+) bytes of kernel memory per entry", text, re.I)
     assert figures, f"{path.name} gives no figure of kernel memory per entry"
     assert set(figures) == {str(KERNEL_BYTES_PER_ENTRY)}
-    default_mib = round(KERNEL_BYTES_PER_ENTRY * DEFAULT_MAX_ENTRIES / 2**20)
-    mibs = re.findall(r"\((\d+) MiB at the default\)|entries: about (\d+) MiB\)", text)
-    assert mibs, f"{path.name} gives no size of the default map"
-    assert {"".join(found) for found in mibs} == {str(default_mib)}
+    default_mib = round(KERNEL_BYTES_PER_ENTRY * DEFAULT_CAPACITY / 2**20)
+    mibs = re.findall(r"\((\d+) MiB at the default\)", text)
+    assert mibs, f"{path.name} gives no size of the default table"
+    assert set(mibs) == {str(default_mib)}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [PACKAGED_CONFIG, ROLE / "defaults" / "main.yml", ROLE / "README.md"],
+    ids=lambda path: path.relative_to(REPO).as_posix(),
+)
+def test_no_doc_of_the_settings_describes_the_lru_map(path: Path) -> None:
+    """The sources table is a set-associative array since issue 12: no LRU, no "least recently
+    seen are evicted" (a one-packet source gives way first, and only within its set)."""
+    text = " ".join(line.lstrip("# ") for line in path.read_text().splitlines())
+    assert not re.search(r"\bLRU\b|least recently seen", text, re.I), path.name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import threading
 
 import numpy as np
 import pytest
@@ -11,8 +12,10 @@ import pytest
 from xdp_ip_counter.layout import KEY_DTYPE, VALUE_DTYPE
 from xdp_ip_counter.window import (
     ActiveSet,
+    DeferredActiveSet,
     Snapshot,
     active_set,
+    count_sources,
     format_addresses,
     rfc3339_ms,
     stale_keys,
@@ -315,6 +318,74 @@ def test_select_filters_and_recounts() -> None:
     assert ips(active.select(interfaces=["nope"])) == []
     assert active.select(ports=[22]).count_map() == {(4, 6, 22): 2, (6, 17, 22): 1}
     assert active.select() is active
+
+
+# -- counts without rows (what /metrics needs), rows when /list asks ------------------------
+
+
+def random_snapshot(seed: int, interfaces: int) -> tuple[Snapshot, dict[int, str]]:
+    """Sources of both families (an IPv6 ::ffff: address among them: not its IPv4 twin) on up
+    to `interfaces` interfaces, some outside the window; each key once, as the table reads."""
+    rng = random.Random(seed)
+    addresses = [f"10.{rng.randrange(3)}.0.{rng.randrange(256)}" for _ in range(80)]
+    addresses += [f"2001:db8:{rng.randrange(3):x}::{rng.randrange(65536):x}" for _ in range(40)]
+    addresses += ["::ffff:10.0.0.1", "10.0.0.1", "::1"]
+    entries = {}
+    for _ in range(2000):
+        key = (rng.choice(addresses), rng.choice([22, 80, 5353, 65535]), rng.choice([6, 17]))
+        last = NOW - rng.randrange(0, 120 * S)
+        entries[(*key, rng.randrange(1, interfaces + 1))] = last
+    snap = snapshot(
+        *(
+            entry(ip, port=port, proto=proto, ifindex=ifindex, last=last, first=last - S)
+            for (ip, port, proto, ifindex), last in entries.items()
+        )
+    )
+    return snap, {index: f"veth{index}" for index in range(1, interfaces + 1)}
+
+
+@pytest.mark.parametrize("interfaces", [1, 2, 70])
+def test_count_sources_counts_what_active_set_counts(interfaces: int) -> None:
+    snap, ifnames = random_snapshot(interfaces, interfaces)
+    counts, rows = count_sources(snap, 60)
+    active = active_set(snap, 60, ifnames)
+    assert counts.dtype == active.counts.dtype
+    assert counts.tolist() == active.counts.tolist()
+    assert rows == len(active)
+
+
+def test_count_sources_of_nothing_within_the_window() -> None:
+    old = snapshot(entry("10.1.0.1", last=NOW - 61 * S, first=NOW - 62 * S))
+    for snap in (old, snapshot()):
+        counts, rows = count_sources(snap, 60)
+        assert (counts.tolist(), rows) == ([], 0)
+
+
+def test_a_deferred_active_set_is_the_active_set_made_when_first_asked() -> None:
+    snap, ifnames = random_snapshot(7, 3)
+    active = active_set(snap, 60, ifnames)
+    deferred = DeferredActiveSet(snap, 60, ifnames)
+    assert len(deferred) == len(active)
+    assert deferred.count_map() == active.count_map()
+    assert (deferred.window_s, deferred.taken_at_ns, deferred.taken_at_wall) == (60, NOW, WALL)
+    assert rows_as_dicts(deferred.resolve()) == rows_as_dicts(active)
+    assert deferred.rows.tolist() == active.rows.tolist()
+    assert rows_as_dicts(deferred.select(ports=[22], families=[6])) == rows_as_dicts(
+        active.select(ports=[22], families=[6])
+    )
+
+
+def test_a_deferred_active_set_makes_its_rows_once_for_every_thread() -> None:
+    snap, ifnames = random_snapshot(8, 2)
+    deferred = DeferredActiveSet(snap, 60, ifnames)
+    made: list[ActiveSet] = []
+    threads = [threading.Thread(target=lambda: made.append(deferred.resolve())) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(made) == 8
+    assert all(rows is made[0] for rows in made)
 
 
 # -- text -----------------------------------------------------------------------------------
