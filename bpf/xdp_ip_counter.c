@@ -265,6 +265,14 @@ static __always_inline int same_key(const struct source_key *a, const struct sou
     return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2])) == 0;
 }
 
+/* Age of a tag word at stamp, in stamps; another CPU may have stamped it after we read the
+ * clock (an age that wrapped past half the range): that is age 0, not very old. */
+static __always_inline __u64 tag_age(__u64 word, __u64 stamp)
+{
+    __u64 age = (stamp - word) & STAMP_MASK;
+    return age > (STAMP_MASK >> 1) ? 0 : age;
+}
+
 /* Whether a slot with this tag word is free at stamp: never used, or not seen for a window. */
 static __always_inline int tag_free(__u64 word, __u64 stamp, __u64 window_stamps)
 {
@@ -272,7 +280,7 @@ static __always_inline int tag_free(__u64 word, __u64 stamp, __u64 window_stamps
         return 1;
     if ((word >> 32) == 0) /* BUSY */
         return 0;
-    return ((stamp - word) & STAMP_MASK) > window_stamps;
+    return tag_age(word, stamp) > window_stamps;
 }
 
 /* Eviction rank (lower goes first) with the way in its low WAY_BITS bits, so that the minimum
@@ -285,7 +293,7 @@ static __always_inline __u64 tag_rank(__u64 word, int w, __u64 stamp, __u64 wind
     if ((word >> 32) == 0)
         return ~0ULL;
     __u64 class = word & ESTABLISHED ? 2 : 1;
-    __u64 age = (stamp - word) & STAMP_MASK; /* older = larger: rank by STAMP_MASK - age */
+    __u64 age = tag_age(word, stamp); /* older = larger: rank by STAMP_MASK - age */
     return (class << CLASS_SHIFT) | ((STAMP_MASK - age) << WAY_BITS) | w;
 }
 

@@ -28,11 +28,9 @@ DEFAULT_CONFIG_PATH = Path("/etc/xdp-ip-counter/config.toml")
 # The window is made of 10 s steps (the original tool's rule, kept as part of the CLI contract).
 WINDOW_STEP = 10
 
-# The kernel sizes an LRU hash map's bucket array as the next power of two >= max_entries, with
-# 16-byte buckets, and refuses the map with E2BIG when that array would overflow a u32 byte count
-# (kernel/bpf/hashtab.c, htab_map_alloc): anything above 2**27 entries cannot be created. 2**27
-# entries are already ~13 GiB of preallocated kernel memory (about 104 bytes per element), so a
-# larger number is a typo, and it is better to say so here than to fail at load time.
+# The sources table takes 72 bytes of kernel memory per entry, allocated at start: 2**27 entries
+# are already 9 GiB, so a larger number is a typo, and it is better to say so here than to fail
+# at load time.
 MAX_ENTRIES_LIMIT = 1 << 27
 
 XDP_MODES = ("skb", "native")
@@ -214,7 +212,7 @@ def parse_fleet_ports(value: str | list[Any], source: str) -> tuple[int, ...]:
     for none. Single ports only (each costs series), 1..65535, sorted, each once."""
     items: list[Any]
     if isinstance(value, str):
-        items = [item for item in value.split(",") if item.strip()] if value.strip() else []
+        items = value.split(",") if value.strip() else []
     elif isinstance(value, list):
         items = value
     else:
@@ -223,6 +221,8 @@ def parse_fleet_ports(value: str | list[Any], source: str) -> tuple[int, ...]:
         )
     ports = set()
     for position, item in enumerate(items, start=1):
+        if isinstance(item, str) and not item.strip():
+            raise ConfigError(source, f"item {position}: empty item")
         port = (
             int(item.strip())
             if isinstance(item, str) and _PORT_TEXT.fullmatch(item.strip())
@@ -554,8 +554,8 @@ SETTINGS: tuple[Setting, ...] = (
         key="max_entries",
         flags=("--max-entries",),
         metavar="N",
-        help="Capacity of the kernel map of (interface, source, protocol, port) entries; when "
-        "full, the least recently seen are evicted",
+        help="Capacity of the kernel table of (interface, source, protocol, port) entries, "
+        "rounded up to a power of two; past it, a port's count is its sketch's estimate",
         file_types=(int,),
         check=partial(_check_int, low=1, high=MAX_ENTRIES_LIMIT),
         apply=Apply.MAP,
@@ -663,7 +663,8 @@ class Settings:
             f"interfaces {','.join(self.interfaces)}; ports {self.ports}; "
             f"window {self.window}s (refresh every {self.refresh_interval}s); "
             f"serving {listen}:{self.server_port}, ip list {ip_list}{web}; "
-            f"xdp mode {self.xdp_mode}; max entries {self.max_entries}; config file {source}"
+            f"xdp mode {self.xdp_mode}; max entries {self.max_entries}; "
+            f"fleet ports {','.join(map(str, self.fleet_ports)) or 'none'}; config file {source}"
         )
 
 

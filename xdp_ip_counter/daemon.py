@@ -216,7 +216,9 @@ class Daemon:
 
     def refresh(self) -> None:
         """Snapshot the kernel maps, compute the active set and the sketches' window."""
-        assert self._datapath is not None and self._sketch_window is not None
+        assert self._datapath is not None
+        if self._sketch_window is None:  # a daemon handed its data path, refreshed unstarted
+            self._sketch_window = SketchWindow(self._datapath.plan.sketches)
         started = time.monotonic()
         window = self.settings.window
         try:

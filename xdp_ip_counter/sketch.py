@@ -305,9 +305,19 @@ class SketchWindow:
         ticks = slots["tick"]
         for index in np.flatnonzero((ticks >= first) & (ticks <= now_tick)).tolist():
             slot = slots[index]
-            if slot["lost"] or slot["reg"].any():
-                held = self._ticks.setdefault(int(slot["tick"]), {})
-                held[index // RING] = (slot["reg"].copy(), int(slot["lost"]))
+            tick = int(slot["tick"])
+            if not (slot["lost"] or slot["reg"].any()):
+                continue
+            registers, lost_there = slot["reg"].copy(), int(slot["lost"])
+            if int(slot["tick"]) != tick:
+                continue  # the kernel started another tick in this slot meanwhile: torn
+            held = self._ticks.setdefault(tick, {})
+            sketch = index // RING
+            if sketch in held:  # a tick's registers and losses only grow
+                before, lost_before = held[sketch]
+                np.maximum(registers, before, out=registers)
+                lost_there = max(lost_there, lost_before)
+            held[sketch] = (registers, lost_there)
         for tick in [t for t in self._ticks if t < first]:
             del self._ticks[tick]
         registers = np.zeros((self.sketches, 1 << HLL_P), np.uint8)

@@ -290,13 +290,6 @@ def test_refreshes_keep_sketch_ticks_the_kernel_has_overwritten() -> None:
     assert view.sketches.exact[(4, 17, 53)] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Daemon.refresh asserts a SketchWindow that only start() makes: a daemon handed a "
-    "data path (bench/userspace_worker.py) cannot refresh without start(), which also binds, "
-    "attaches and drops capabilities",
-)
 def test_a_daemon_handed_a_data_path_refreshes_without_start() -> None:
     settings = Settings(interfaces=("lo",), ports=LISTED)
     datapath = TableDataPath(plan=SketchPlan.initial(LISTED.ports, ()))

@@ -284,12 +284,6 @@ def test_update_takes_the_kernels_slots_only() -> None:
         SketchWindow(5).update(kernel_slots(4), at(T), 60)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SketchWindow.update replaces a tick it holds with every later copy of that tick: a "
-    "copy torn by the kernel starting the next tick in the same ring slot (lost reset, then "
-    "registers cleared) drops registers and losses the window had",
-)
 def test_a_tick_read_again_never_loses_what_it_had() -> None:
     """The daemon reads the kernel's slots while the kernel writes them: a slot whose tick
     field still says T - 6 may already have lost = 0 and half its registers cleared for T + 2."""

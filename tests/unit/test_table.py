@@ -304,12 +304,6 @@ def test_free_and_busy_slots_are_not_read() -> None:
     assert rows(keys, values)[live.tobytes()] == tuple(int(value[f]) for f in VALUE_DTYPE.names)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="table.live_mask reads a stamp ahead of the reader's clock (a frame counted after "
-    "read_sources read the clock, past a 2**30 ns boundary) as 2**31 - 1 stamps old: the "
-    "entry is left out of that refresh",
-)
 def test_an_entry_stamped_just_after_the_readers_clock_is_live() -> None:
     """DataPath.read_sources reads the clock, then the mapped table: a frame in between can
     stamp a slot with the next stamp; the entry is live, not 68 years old."""
