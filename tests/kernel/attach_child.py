@@ -19,7 +19,7 @@ from xdp_ip_counter.config import PortFilter
 
 def hold(mode: str, ifnames: list[str]) -> None:
     datapath = DataPath(64)
-    datapath.set_ports(PortFilter.of({22, 80}))
+    datapath.configure(PortFilter.of({22, 80}), 60)
     for ifname in ifnames:
         datapath.attach(ifname, mode)
     print("attached", flush=True)
@@ -29,10 +29,10 @@ def hold(mode: str, ifnames: list[str]) -> None:
 
 def twice(ifname: str) -> None:
     first = DataPath(64)
-    first.set_ports(PortFilter.all())
+    first.configure(PortFilter.all(), 60)
     first.attach(ifname, "skb")
     second = DataPath(64)
-    second.set_ports(PortFilter.all())
+    second.configure(PortFilter.all(), 60)
     for datapath, mode in ((first, "skb"), (second, "skb"), (second, "native")):
         try:
             datapath.attach(ifname, mode)

@@ -1,8 +1,14 @@
 """Kernel tests: the XDP program compiled once per test module, run with BPF_PROG_TEST_RUN.
 
-Compiling takes most of a second, so each module shares one DataPath (capacity CAPACITY); the
-`program` fixture gives every test an empty sources map and every-port filter, and stats are
-compared as deltas around each frame, so tests never see each other's counts.
+Compiling takes most of a second, so each module shares one DataPath (capacity CAPACITY: 16 sets
+of 8 slots); the `program` fixture gives every test an empty table and sketches and the
+every-port filter with a window of WINDOW seconds, and stats are compared as deltas around each
+frame, so tests never see each other's counts.
+
+The tests of the table, the sketches and pinning share two more programs for the whole session,
+emptied and configured the same way for every test: `wide` (room for every source a test sends;
+OWN_PORT has sketches of its own) and `small` (4096 slots, for floods; FLOODED_PORT, QUIET_PORT
+and OWN_PORT have sketches of their own, OWN_PORT's at other ids than in `wide`).
 """
 
 from __future__ import annotations
@@ -14,10 +20,23 @@ import pytest
 
 from xdp_ip_counter.bpf import DataPath
 from xdp_ip_counter.config import PortFilter
+from xdp_ip_counter.sketch import SketchPlan
 
-from .program import ProgramUnderTest
+from .program import WINDOW, ProgramUnderTest
 
-CAPACITY = 64
+CAPACITY = 128  # the smallest table: 16 sets (table.MIN_SET_BITS) of 8 ways
+WIDE_CAPACITY = 65536  # 8192 sets
+SMALL_CAPACITY = 4096  # 512 sets
+OWN_PORT = 4242
+FLOODED_PORT = 1053
+QUIET_PORT = 2053
+
+
+def _under_test(datapath: DataPath) -> ProgramUnderTest:
+    under_test = ProgramUnderTest(datapath, default_ifindex=socket.if_nametoindex("lo"))
+    under_test.watch(PortFilter.all())
+    under_test.clear()
+    return under_test
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +45,7 @@ def datapath() -> Iterator[DataPath]:
     tests/conftest.py runs before fixtures are set up, so a non-root run never gets here."""
     datapath = DataPath(CAPACITY)
     try:
-        datapath.set_ports(PortFilter.all())
+        datapath.configure(PortFilter.all(), WINDOW)
         yield datapath
     finally:
         datapath.close()
@@ -34,8 +53,36 @@ def datapath() -> Iterator[DataPath]:
 
 @pytest.fixture
 def program(require_root: None, datapath: DataPath) -> ProgramUnderTest:
-    """The module's program with every port watched and an empty sources map."""
-    datapath.set_ports(PortFilter.all())
-    under_test = ProgramUnderTest(datapath, default_ifindex=socket.if_nametoindex("lo"))
-    under_test.clear()
-    return under_test
+    """The module's program with every port watched and an empty table."""
+    return _under_test(datapath)
+
+
+@pytest.fixture(scope="session")
+def wide_datapath() -> Iterator[DataPath]:
+    datapath = DataPath(WIDE_CAPACITY, SketchPlan.initial([OWN_PORT], []))
+    try:
+        yield datapath
+    finally:
+        datapath.close()
+
+
+@pytest.fixture(scope="session")
+def small_datapath() -> Iterator[DataPath]:
+    plan = SketchPlan.initial([FLOODED_PORT, QUIET_PORT, OWN_PORT], [])
+    datapath = DataPath(SMALL_CAPACITY, plan)
+    try:
+        yield datapath
+    finally:
+        datapath.close()
+
+
+@pytest.fixture
+def wide(require_root: None, wide_datapath: DataPath) -> ProgramUnderTest:
+    """The session's wide program, every port watched, the table and sketches empty."""
+    return _under_test(wide_datapath)
+
+
+@pytest.fixture
+def small(require_root: None, small_datapath: DataPath) -> ProgramUnderTest:
+    """The session's small program, every port watched, the table and sketches empty."""
+    return _under_test(small_datapath)

@@ -1,27 +1,41 @@
 """The loaded XDP program as the kernel tests see it: run a frame, read back exactly what changed.
 
 `ProgramUnderTest.run` runs one frame through BPF_PROG_TEST_RUN and returns the return value and
-the stats delta (every outcome, zeros included); `sources()` is the whole sources map as a dict.
-`expect` does both and asserts them in one go, which is what almost every test wants.
+the stats delta (every outcome, zeros included); `sources()` is the sources table's live entries
+as a dict (read as the daemon reads them: through mmap, duplicates merged). `expect` does both
+and asserts them in one go, which is what almost every test wants. `send` runs many frames and
+returns the stats and events delta over all of them, for the tests of the table as a whole.
+
+`Source` is one (address, port, protocol) with its frame and key; `set_index`, `spread` and
+`sharing_a_set` say where the kernel puts keys (the top bits of table.key_hash), so that a test
+can choose sources that fill a set, or that never overflow one.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
+import numpy as np
+
+from tests.support import frames as f
 from tests.support.frames import Frame, ipv4_mapped, ipv6_bytes
 from xdp_ip_counter import bpf_syscall
 from xdp_ip_counter.bpf import DataPath
 from xdp_ip_counter.clock import kernel_clock_ns
-from xdp_ip_counter.layout import OUTCOMES
+from xdp_ip_counter.config import PortFilter
+from xdp_ip_counter.layout import EVENTS, KEY_DTYPE, OUTCOMES, STAMP_MASK, STAMP_SHIFT
+from xdp_ip_counter.table import key_hash
 
 XDP_PASS = 2
 TCP = 6
 UDP = 17
-CUTOFF_FAR_FUTURE = 2**64 - 1
+WINDOW = 60  # seconds: the window the kernel tests configure (the daemon's default)
 
 
 class SourceKey(NamedTuple):
@@ -45,6 +59,88 @@ def v4_key(address: str, port: int, proto: int, ifindex: int) -> SourceKey:
 
 def v6_key(address: str, port: int, proto: int, ifindex: int) -> SourceKey:
     return SourceKey(ipv6_bytes(address), ifindex, port, proto, 6)
+
+
+def key_array(keys: Sequence[SourceKey]) -> np.ndarray:
+    """SourceKeys as a KEY_DTYPE array (the kernel's struct source_key)."""
+    raw = b"".join(
+        key.addr + struct.pack("<IHBB", key.ifindex, key.port, key.proto, key.family)
+        for key in keys
+    )
+    return np.frombuffer(raw, KEY_DTYPE).copy()
+
+
+def source_key(row: np.void) -> SourceKey:
+    """A KEY_DTYPE row as a SourceKey."""
+    return SourceKey(
+        bytes(row["addr"]), int(row["ifindex"]), int(row["port"]), int(row["proto"]),
+        int(row["family"]),
+    )  # fmt: skip
+
+
+def set_index(keys: np.ndarray, set_bits: int) -> np.ndarray:
+    """The set of each KEY_DTYPE key in a table of 2**set_bits sets: the top set_bits bits of
+    its hash (bpf/xdp_ip_counter.c, record())."""
+    return (key_hash(keys) >> np.uint64(64 - set_bits)).astype(np.int64)
+
+
+def stamp_of(ns: int) -> int:
+    """The tag word's stamp of a kernel time: units of 2**30 ns (1.07 s), 31 bits."""
+    return (ns >> STAMP_SHIFT) & STAMP_MASK
+
+
+@dataclass(frozen=True)
+class Source:
+    """One sender: a source address (IPv4 or IPv6), the destination port and the protocol."""
+
+    address: str
+    port: int
+    proto: int = UDP
+
+    @property
+    def family(self) -> int:
+        return ipaddress.ip_address(self.address).version
+
+    @cached_property
+    def frame(self) -> Frame:
+        build = {
+            (4, TCP): f.v4_tcp, (4, UDP): f.v4_udp, (6, TCP): f.v6_tcp, (6, UDP): f.v6_udp,
+        }[(self.family, self.proto)]  # fmt: skip
+        return build(self.address, self.port)
+
+    def key(self, ifindex: int) -> SourceKey:
+        make = v4_key if self.family == 4 else v6_key
+        return make(self.address, self.port, self.proto, ifindex)
+
+
+def addresses(first: str, count: int) -> list[str]:
+    """count consecutive addresses from first (IPv4 or IPv6)."""
+    base = ipaddress.ip_address(first)
+    return [str(base + n) for n in range(count)]
+
+
+def spread(sources: Sequence[Source], ifindex: int, set_bits: int, per_set: int) -> list[Source]:
+    """The sources, in order, leaving out each one whose set already has per_set of them: a
+    table of 2**set_bits sets given these never has more than per_set of them in a set."""
+    sets = set_index(key_array([s.key(ifindex) for s in sources]), set_bits)
+    taken = np.zeros(1 << set_bits, np.int64)
+    kept = []
+    for source, index in zip(sources, sets.tolist(), strict=True):
+        if taken[index] < per_set:
+            taken[index] += 1
+            kept.append(source)
+    return kept
+
+
+def sharing_a_set(
+    candidates: Sequence[Source], ifindex: int, set_bits: int, count: int
+) -> tuple[int, list[Source]]:
+    """count of the candidates whose keys fall into one set, and that set's index."""
+    sets = set_index(key_array([s.key(ifindex) for s in candidates]), set_bits)
+    fullest = int(np.bincount(sets).argmax())
+    members = [c for c, index in zip(candidates, sets.tolist(), strict=True) if index == fullest]
+    assert len(members) >= count, f"only {len(members)} candidates share a set: give more"
+    return fullest, members[:count]
 
 
 def only(outcome: str, count: int = 1) -> dict[str, int]:
@@ -71,6 +167,17 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> obje
         time.sleep(0.001)
 
 
+def wait_for_stamp_after(stamp: int, timeout: float = 3.0) -> int:
+    """Wait until the kernel clock is in a later stamp (2**30 ns) than `stamp`; returns the
+    clock then."""
+    deadline = time.monotonic() + timeout
+    while stamp_of(now := kernel_clock_ns()) == stamp:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the kernel clock stayed in stamp {stamp} for {timeout}s")
+        time.sleep(0.002)
+    return now
+
+
 def wait_for_clock_after(instant_ns: int, timeout: float = 2.0) -> int:
     """Wait until the kernel's coarse clock has moved past instant_ns (it ticks every few ms);
     returns the clock then."""
@@ -83,7 +190,7 @@ def wait_for_clock_after(instant_ns: int, timeout: float = 2.0) -> int:
 
 
 class ProgramUnderTest:
-    """A DataPath whose sources map was emptied when this object was made."""
+    """A DataPath whose table and sketches were emptied when this object was made (clear())."""
 
     def __init__(self, datapath: DataPath, default_ifindex: int) -> None:
         self.datapath = datapath
@@ -92,6 +199,26 @@ class ProgramUnderTest:
 
     def stats(self) -> dict[str, int]:
         return self.datapath.read_stats()
+
+    def events(self) -> dict[str, int]:
+        return self.datapath.read_events()
+
+    def send(self, frames: Iterable[Frame | bytes], repeat: int = 1) -> dict[str, int]:
+        """Run each frame `repeat` times in a row, one BPF_PROG_TEST_RUN each (the syscall's
+        own repeat count costs ~25 ms a call when above 1: the kernel swaps the XDP dispatcher
+        for it); every run must pass. Returns the delta of every outcome and event."""
+        before = {**self.stats(), **self.events()}
+        fd = self.datapath.prog_fd
+        for frame in frames:
+            data = frame.data if isinstance(frame, Frame) else frame
+            for _ in range(repeat):
+                result = bpf_syscall.prog_test_run(fd, data)
+                assert result.retval == XDP_PASS, data.hex()
+        after = {**self.stats(), **self.events()}
+        return {name: after[name] - before[name] for name in (*OUTCOMES, *EVENTS)}
+
+    def key(self, source: Source) -> SourceKey:
+        return source.key(self.default_ifindex)
 
     def run(self, frame: Frame | bytes, ifindex: int = 0) -> RunResult:
         data = frame.data if isinstance(frame, Frame) else frame
@@ -103,20 +230,14 @@ class ProgramUnderTest:
     def sources(self) -> dict[SourceKey, SourceValue]:
         keys, values, _ = self.datapath.read_sources()
         table = {}
-        for key, value in zip(keys, values, strict=True):
-            source_key = SourceKey(
-                bytes(key["addr"]),
-                int(key["ifindex"]),
-                int(key["port"]),
-                int(key["proto"]),
-                int(key["family"]),
-            )
-            assert source_key not in table, f"{source_key} read twice"
-            table[source_key] = SourceValue(*(int(value[f]) for f in SourceValue._fields))
+        for row, value in zip(keys, values, strict=True):
+            key = source_key(row)
+            assert key not in table, f"{key} read twice"
+            table[key] = SourceValue(*(int(value[name]) for name in SourceValue._fields))
         return table
 
     def counts(self) -> dict[SourceKey, tuple[int, int]]:
-        """The sources map as key -> (packets, bytes); times checked for sanity on the way."""
+        """The sources table as key -> (packets, bytes); times checked for sanity on the way."""
         now = kernel_clock_ns()
         table = {}
         for key, value in self.sources().items():
@@ -131,7 +252,7 @@ class ProgramUnderTest:
         sources: dict[SourceKey, tuple[int, int]] | None = None,
         ifindex: int = 0,
     ) -> RunResult:
-        """Run frame; assert XDP_PASS, exactly one `outcome` in the stats and the exact map
+        """Run frame; assert XDP_PASS, exactly one `outcome` in the stats and the exact table
         contents afterwards as key -> (packets, bytes). sources=None means "unchanged", which
         only makes sense for outcomes that record nothing."""
         assert sources is not None or not outcome.startswith("recorded"), "say what is recorded"
@@ -148,7 +269,10 @@ class ProgramUnderTest:
     def key_v6(self, address: str, port: int, proto: int = TCP, ifindex: int = 0) -> SourceKey:
         return v6_key(address, port, proto, ifindex or self.default_ifindex)
 
+    def watch(self, ports: PortFilter, window: int = WINDOW) -> None:
+        """Configure the watched ports (and the window of the table's lazy expiry)."""
+        self.datapath.configure(ports, window)
+
     def clear(self) -> None:
-        keys, _, _ = self.datapath.read_sources()
-        self.datapath.expire(keys, CUTOFF_FAR_FUTURE)
-        assert self.sources() == {}, "the sources map could not be emptied"
+        self.datapath.clear()
+        assert self.sources() == {}, "the sources table could not be emptied"

@@ -46,12 +46,12 @@ from xdp_ip_counter.bpf import DataPath
 from xdp_ip_counter.config import PortFilter
 from xdp_ip_counter.layout import OUTCOMES
 
-from .program import CUTOFF_FAR_FUTURE, TCP, UDP, XDP_PASS
+from .program import TCP, UDP, WINDOW, XDP_PASS
 
 DEFAULT_FRAMES = 20_000
-# The sources map is emptied before every chunk and holds four chunks' worth of keys, so the LRU
-# never evicts within a chunk (the common LRU starts evicting only when its global free list runs
-# below 128 nodes) and "new" vs "known" key is exactly predictable.
+# The sources table is emptied before every chunk and has four chunks' worth of slots (4096 sets
+# of 8 ways), so a chunk's keys (about a thousand) never fill a set: nothing is evicted (each
+# chunk checks the evicted event) and "new" vs "known" key is exactly predictable.
 CHUNK_FRAMES = 8192
 CAPACITY = 4 * CHUNK_FRAMES
 MIN_FRAME = 14  # BPF_PROG_TEST_RUN refuses XDP frames shorter than an Ethernet header
@@ -452,7 +452,7 @@ class FuzzTarget:
         return self.datapath.read_stats()
 
     def table(self) -> dict[Key, tuple[int, int, int, int]]:
-        """The sources map as key -> (first_seen, last_seen, packets, bytes)."""
+        """The sources table as key -> (first_seen, last_seen, packets, bytes)."""
         keys, values, _ = self.datapath.read_sources()
         table = {}
         for key, value in zip(keys.tolist(), values.tolist(), strict=True):
@@ -460,9 +460,7 @@ class FuzzTarget:
         return table
 
     def clear(self) -> None:
-        keys, _, _ = self.datapath.read_sources()
-        if len(keys):
-            self.datapath.expire(keys, CUTOFF_FAR_FUTURE)
+        self.datapath.clear()
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -483,7 +481,7 @@ def fuzz_target() -> Iterator[FuzzTarget]:
     """Used by root-marked tests only: the root gate in tests/conftest.py runs first."""
     datapath = DataPath(CAPACITY)
     try:
-        datapath.set_ports(PortFilter.of(WATCHED_PORTS))
+        datapath.configure(PortFilter.of(WATCHED_PORTS), WINDOW)
         with namespace_with_veths(f"{os.getpid() % 100000}z", pairs=1) as namespace:
             target = FuzzTarget(datapath, namespace, namespace.veths[0])
             try:
@@ -567,6 +565,7 @@ def test_fuzz(fuzz_target: FuzzTarget) -> None:
         kinds.update(kind for kind, _ in frames)
         target.clear()
         before = target.stats()
+        evicted_before = target.datapath.read_events()["evicted"]
         try:
             verdicts = target.run(data)
         except OSError as exc:
@@ -585,16 +584,20 @@ def test_fuzz(fuzz_target: FuzzTarget) -> None:
             f"chunk {chunk}: {len(data)} frames but the stats grew by {sum(delta.values())}: "
             f"{dict(delta)}; {replay}"
         )
+        evicted = target.datapath.read_events()["evicted"] - evicted_before
+        assert evicted == 0, (
+            f"chunk {chunk}: {evicted} entries evicted from a table of {CAPACITY} slots; {replay}"
+        )
         table = target.table()
         for key, value in table.items():
             problems = _key_problems(key, value, target.ifindex)
             assert not problems, f"chunk {chunk}: bad key {key} -> {value}: {problems}; {replay}"
         assert len(table) == delta["recorded_new"], (
-            f"chunk {chunk}: {delta['recorded_new']} new keys counted, {len(table)} in the map "
-            f"(nothing can have been evicted: capacity {CAPACITY}); {replay}"
+            f"chunk {chunk}: {delta['recorded_new']} new keys counted, {len(table)} in the "
+            f"table (nothing was evicted); {replay}"
         )
         assert sum(v[2] for v in table.values()) == delta["recorded"] + delta["recorded_new"], (
-            f"chunk {chunk}: packets in the map do not add up to the recorded frames; {replay}"
+            f"chunk {chunk}: packets in the table do not add up to the recorded frames; {replay}"
         )
 
         expected = expect_chunk(data, WATCHED_PORTS, target.ifindex)

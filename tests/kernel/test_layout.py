@@ -1,78 +1,160 @@
 """The Python mirror of the kernel's layouts (xdp_ip_counter/layout.py) against the program:
-the ctypes types bcc generates from the compiled C, and the outcome enum in the source."""
+the fields of the ctypes types bcc generates from the compiled C (DataPath.table: name, offset
+and size of each top-level field), the constants and the outcome and event enums in the source.
+
+The slot inside a set (SLOT_DTYPE: the value, the key) has no top-level ctypes description of
+its own; test_table reads every field of it back from what the kernel wrote (keys by field, the
+tag, first and last seen, packets and bytes), which a wrong offset there would fail.
+"""
 
 from __future__ import annotations
 
-import ctypes
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from xdp_ip_counter import layout
 from xdp_ip_counter.bpf import DataPath
-from xdp_ip_counter.layout import KEY_DTYPE, OUTCOMES, VALUE_DTYPE
+from xdp_ip_counter.layout import (
+    EVENTS,
+    KEY_DTYPE,
+    OUTCOMES,
+    RING,
+    SET_DTYPE,
+    SET_WORDS,
+    SKETCH_SLOT_DTYPE,
+    SLOT_DTYPE,
+    VALUE_DTYPE,
+    WAYS,
+)
 
 from .conftest import CAPACITY
 
 pytestmark = pytest.mark.root
 
-# enum outcome, struct source_key and struct port_filter: shared by the program and the
-# benchmark's prototypes.
-OUTCOME_SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "source_key.h"
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+# enum outcome, enum event, struct source_key and struct port_filter: shared by the program and
+# the benchmark's programs.
+SHARED_HEADER = BPF_DIR / "source_key.h"
+PROGRAM = BPF_DIR / "xdp_ip_counter.c"
+BPF_F_MMAPABLE = 1 << 10
 
 
-def _ctypes_layout(struct_type: type[ctypes.Structure]) -> list[tuple[str, int, int]]:
-    return [
-        (name, getattr(struct_type, name).offset, getattr(struct_type, name).size)
-        for name, *_ in struct_type._fields_
-    ]
-
-
-def _numpy_layout(dtype: np.dtype) -> list[tuple[str, int, int]]:
+def _numpy_fields(dtype: np.dtype) -> list[tuple[str, int, int]]:
     assert dtype.names is not None
     return [(name, dtype.fields[name][1], dtype.fields[name][0].itemsize) for name in dtype.names]
 
 
 @pytest.mark.parametrize(
-    ("table", "part", "dtype"), [("sources", "Key", KEY_DTYPE), ("sources", "Leaf", VALUE_DTYPE)]
+    ("name", "dtype"), [("sources", SET_DTYPE), ("sketches", SKETCH_SLOT_DTYPE)]
 )
-def test_dtypes_match_bccs_ctypes(
-    datapath: DataPath, table: str, part: str, dtype: np.dtype
-) -> None:
-    struct_type = getattr(datapath.table(table), part)
-    assert ctypes.sizeof(struct_type) == dtype.itemsize
-    assert _numpy_layout(dtype) == _ctypes_layout(struct_type)
+def test_value_dtypes_match_bccs_ctypes(datapath: DataPath, name: str, dtype: np.dtype) -> None:
+    compiled = datapath.table(name)
+    assert compiled.value_size == dtype.itemsize
+    assert list(compiled.value_fields) == _numpy_fields(dtype)
+    assert compiled.key_size == 4  # arrays: an int index
+
+
+def test_the_slot_and_the_set_in_words() -> None:
+    """What the table's readers rely on beyond the fields: 64-byte slots (the value, then the
+    key, then 8 unused bytes), the tag line first, the set a whole number of 64-bit words."""
+    assert _numpy_fields(SLOT_DTYPE) == [
+        ("value", 0, VALUE_DTYPE.itemsize),
+        ("key", VALUE_DTYPE.itemsize, KEY_DTYPE.itemsize),
+        ("unused", VALUE_DTYPE.itemsize + KEY_DTYPE.itemsize, 8),
+    ]
+    assert SLOT_DTYPE.itemsize == 64
+    assert SET_DTYPE.fields["way"][0].shape == (WAYS,)
+    assert SET_DTYPE.itemsize == SET_WORDS * 8 == 8 * WAYS + 64 * WAYS
+
+
+def test_port_filter_and_sketch_ids_as_the_data_path_writes_them(datapath: DataPath) -> None:
+    """DataPath writes struct port_filter as words (all_ports, window_stamps, 1024 bitmap words)
+    and reads sketch_of_port as four uint16 ids per port."""
+    port_filter = datapath.table("port_filter")
+    assert list(port_filter.value_fields) == [
+        ("all_ports", 0, 8),
+        ("window_stamps", 8, 8),
+        ("bits", 16, 8 * 1024),
+    ]
+    ids = datapath.table("sketch_of_port")
+    assert list(ids.value_fields) == [("id", 0, 8)]
+    assert ids.max_entries == 65536
 
 
 def test_dtypes_are_little_endian_like_this_machine() -> None:
-    assert np.little_endian, "KEY_DTYPE/VALUE_DTYPE hard-code '<': big-endian hosts need a change"
-    for dtype in (KEY_DTYPE, VALUE_DTYPE):
-        for name in dtype.names or ():
-            assert dtype.fields[name][0].byteorder in "<|=", name
+    assert np.little_endian, "the dtypes hard-code '<': big-endian hosts need a change"
+
+    def byte_orders(dtype: np.dtype) -> list[tuple[str, str]]:
+        if dtype.names is None:
+            base = dtype.subdtype[0] if dtype.subdtype else dtype
+            return [(str(base), base.byteorder)]
+        return [o for name in dtype.names for o in byte_orders(dtype.fields[name][0])]
+
+    for dtype in (KEY_DTYPE, VALUE_DTYPE, SLOT_DTYPE, SET_DTYPE, SKETCH_SLOT_DTYPE):
+        wrong = [(kind, order) for kind, order in byte_orders(dtype) if order not in "<|="]
+        assert not wrong, (dtype, wrong)
 
 
-def _enum_outcome() -> list[str]:
-    source = OUTCOME_SOURCE.read_text()
-    match = re.search(r"enum outcome\s*\{(.*?)\};", source, re.S)
-    assert match, "enum outcome not found in bpf/source_key.h"
+def _enum(source: Path, name: str, prefix: str) -> list[str]:
+    """The members of `enum name` in order, checking that every explicit value is its
+    position (the first member may start where another enum ends: OUTCOME_MAX)."""
+    match = re.search(rf"enum {name}\s*\{{(.*?)\}};", source.read_text(), re.S)
+    assert match, f"enum {name} not found in {source.name}"
+    body = re.sub(r"/\*.*?\*/", "", match.group(1), flags=re.S)
     names = []
-    for position, item in enumerate(re.findall(r"OUTCOME_\w+(?:\s*=\s*\w+)?", match.group(1))):
-        name, _, value = (part.strip() for part in item.partition("="))
-        if value:
-            assert int(value, 0) == position, f"{name} = {value} is not its position"
-        names.append(name)
+    for position, item in enumerate(re.findall(r"\w+(?:\s*=\s*\w+)?", body)):
+        member, _, value = (part.strip() for part in item.partition("="))
+        if value and position:
+            assert int(value, 0) == position, f"{member} = {value} is not its position"
+        assert member.startswith(prefix) or member.endswith("_MAX"), member
+        names.append(member)
     return names
 
 
 def test_outcomes_match_the_enum_in_the_c_source() -> None:
-    names = _enum_outcome()
+    names = _enum(SHARED_HEADER, "outcome", "OUTCOME_")
     assert names[-1] == "OUTCOME_MAX"
     assert tuple(name.removeprefix("OUTCOME_").lower() for name in names[:-1]) == OUTCOMES
 
 
+def test_events_follow_the_outcomes_in_the_c_source() -> None:
+    source = SHARED_HEADER.read_text()
+    assert re.search(r"EVENT_\w+\s*=\s*OUTCOME_MAX", source), "events must start at OUTCOME_MAX"
+    names = _enum(SHARED_HEADER, "event", "EVENT_")
+    assert names[-1] == "STATS_MAX"
+    assert tuple(name.removeprefix("EVENT_").lower() for name in names[:-1]) == EVENTS
+
+
+def _define(name: str) -> int:
+    match = re.search(rf"^#define {name} (.+)$", PROGRAM.read_text(), re.M)
+    assert match, f"#define {name} not found in {PROGRAM.name}"
+    text = re.sub(r"/\*.*?\*/", "", match.group(1)).strip()
+    text = re.sub(r"(?<=[0-9a-fA-F])U?L?L\b", "", text)
+    shifted = re.fullmatch(r"\(\s*(\d+)\s*<<\s*(\d+)\s*\)", text)
+    if shifted:
+        return int(shifted.group(1)) << int(shifted.group(2))
+    return int(text, 0)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["WAYS", "STAMP_SHIFT", "STAMP_MASK", "ESTABLISHED", "HLL_P", "RING", "TICK_SHIFT",
+     "OTHER_SKETCHES"],
+)  # fmt: skip
+def test_constants_match_the_c_source(name: str) -> None:
+    assert getattr(layout, name) == _define(name)
+
+
 def test_map_sizes(datapath: DataPath) -> None:
-    assert datapath.table("stats").max_entries == len(OUTCOMES)
-    assert datapath.table("sources").max_entries == CAPACITY
+    assert datapath.table("stats").max_entries == len(OUTCOMES) + len(EVENTS)
+    assert datapath.table("sources").max_entries == datapath.sets == CAPACITY // WAYS
+    assert datapath.capacity == CAPACITY
     assert datapath.table("port_filter").max_entries == 1
+    assert datapath.table("sketches").max_entries == datapath.plan.sketches * RING
+    for name in ("sources", "sketches", "sketch_of_port"):
+        assert datapath.table(name).flags & BPF_F_MMAPABLE, f"{name} must be mmapable"
     assert set(datapath.read_stats()) == set(OUTCOMES)
+    assert set(datapath.read_events()) == set(EVENTS)

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.root
 
 
 def test_listed_ports_are_counted_and_others_filtered(program: ProgramUnderTest) -> None:
-    program.datapath.set_ports(PortFilter.of({22, 80}))
+    program.watch(PortFilter.of({22, 80}))
     ssh, web = program.key_v4("10.40.0.2", 22), program.key_v6("fd00:40::2", 80, UDP)
     program.expect(f.v4_tcp("10.40.0.2", 22), "recorded_new", {ssh: (1, 40)})
     program.expect(f.v6_udp("fd00:40::2", 80), "recorded_new", {ssh: (1, 40), web: (1, 48)})
@@ -29,14 +29,14 @@ def test_listed_ports_are_counted_and_others_filtered(program: ProgramUnderTest)
 def test_filtered_frames_are_still_parsed_first(program: ProgramUnderTest) -> None:
     """A non-first fragment to an unwatched port is a fragment, a truncated one malformed:
     the filter applies only to frames that got as far as a port."""
-    program.datapath.set_ports(PortFilter.of({22}))
+    program.watch(PortFilter.of({22}))
     program.expect(f.v4_tcp("10.41.0.2", 443, flags_fragment=0x0010), "fragment", {})
     program.expect(f.v4_tcp("10.41.0.2", 443).data[:50], "malformed", {})
     program.expect(f.v4_tcp("10.41.0.2", 443), "port_filtered", {})
 
 
 def test_all_ports(program: ProgramUnderTest) -> None:
-    program.datapath.set_ports(PortFilter.all())
+    program.watch(PortFilter.all())
     expected = {}
     for port in (1, 22, 63, 64, 1023, 32768, 65535):
         expected[program.key_v4("10.42.0.2", port, UDP)] = (1, 28)
@@ -58,7 +58,7 @@ def test_port_bitmap_word_boundaries(
     program: ProgramUnderTest, watched: set[int], neighbours: list[int]
 ) -> None:
     """Ports at the edges of the 64-bit words of the bitmap, and their neighbours."""
-    program.datapath.set_ports(PortFilter.of(watched))
+    program.watch(PortFilter.of(watched))
     expected = {}
     for port in sorted(watched):
         expected[program.key_v4("10.43.0.2", port, UDP)] = (1, 28)
@@ -70,7 +70,7 @@ def test_port_bitmap_word_boundaries(
 def test_many_listed_ports(program: ProgramUnderTest) -> None:
     """Every 97th port watched: each watched one counted, the one after it filtered."""
     watched = set(range(3, 65536, 97))
-    program.datapath.set_ports(PortFilter.of(watched))
+    program.watch(PortFilter.of(watched))
     for port in sorted(watched)[::25]:
         program.expect(
             f.v4_udp("10.44.0.2", port),
@@ -88,12 +88,12 @@ def test_many_listed_ports(program: ProgramUnderTest) -> None:
 def test_rewriting_the_filter_while_loaded(program: ProgramUnderTest) -> None:
     old, new = program.key_v4("10.45.0.2", 22), program.key_v4("10.45.0.2", 8443)
     both = program.key_v4("10.45.0.2", 80)
-    program.datapath.set_ports(PortFilter.of({22, 80}))
+    program.watch(PortFilter.of({22, 80}))
     program.expect(f.v4_tcp("10.45.0.2", 8443), "port_filtered", {})
     program.expect(f.v4_tcp("10.45.0.2", 22), "recorded_new", {old: (1, 40)})
     program.expect(f.v4_tcp("10.45.0.2", 80), "recorded_new", {old: (1, 40), both: (1, 40)})
 
-    program.datapath.set_ports(PortFilter.of({80, 8443}))
+    program.watch(PortFilter.of({80, 8443}))
     state = {old: (1, 40), both: (1, 40)}
     program.expect(f.v4_tcp("10.45.0.2", 22), "port_filtered", state)
     state[new] = (1, 40)
@@ -101,13 +101,13 @@ def test_rewriting_the_filter_while_loaded(program: ProgramUnderTest) -> None:
     state[both] = (2, 80)
     program.expect(f.v4_tcp("10.45.0.2", 80), "recorded", state)
 
-    program.datapath.set_ports(PortFilter.all())
+    program.watch(PortFilter.all())
     state[old] = (2, 80)
     program.expect(f.v4_tcp("10.45.0.2", 22), "recorded", state)
     state[program.key_v4("10.45.0.2", 9)] = (1, 40)
     program.expect(f.v4_tcp("10.45.0.2", 9), "recorded_new", state)
 
-    program.datapath.set_ports(PortFilter.of({8443}))
+    program.watch(PortFilter.of({8443}))
     for port in (22, 80, 9, 8444):
         program.expect(f.v4_tcp("10.45.0.2", port), "port_filtered", state)
     state[new] = (2, 80)
