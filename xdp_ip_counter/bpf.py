@@ -255,6 +255,7 @@ class DataPath:
         self.sets = sources.max_entries
         self.capacity = self.sets * WAYS
         self._sources_map: MappedArray | None = None  # the whole table, for table_words()
+        self._last_read: int | None = None  # live entries at the last read: the next one's size
         self._sketches_map = MappedArray(
             self.sketches_fd, SKETCH_SLOT_DTYPE.itemsize, sketches.max_entries
         )
@@ -381,7 +382,11 @@ class DataPath:
         kernel clock just before the read. Live: what the kernel has not let go, with the
         window given or configured."""
         now = self.clock.now_ns()
-        keys, values = read_live_entries(self._table_chunks, now, window or self.window or 0)
+        window = self.window if window is None else window
+        keys, values = read_live_entries(
+            self._table_chunks, now, window or 0, expected=self._last_read
+        )
+        self._last_read = len(keys)
         return keys, values, now
 
     def read_sketches(self) -> np.ndarray:

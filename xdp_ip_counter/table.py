@@ -34,9 +34,6 @@ _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xC2B2AE3D27D4EB4F)
 _M3 = np.uint64(0x165667B19E3779F9)
 _SLOT_WORDS = SLOT_DTYPE.itemsize // 8
-# Words of a slot: the value (first_seen, last_seen, packets, bytes), then the key's three.
-_VALUE_COLUMNS = np.arange(4)
-_KEY_COLUMNS = np.arange(4, 7)
 
 
 def set_bits_for(max_entries: int) -> int:
@@ -72,8 +69,14 @@ def as_words(buffer: object, sets: int) -> np.ndarray:
 
 
 def _slots(words: np.ndarray) -> np.ndarray:
-    """(sets, WAYS, slot words) view of the slots."""
-    return words[:, WAYS:].reshape(len(words), WAYS, _SLOT_WORDS)
+    """(sets, WAYS, slot words) view of the slots (a view: no copy of the table)."""
+    slots = words[:, WAYS:]
+    return np.lib.stride_tricks.as_strided(
+        slots,
+        shape=(len(words), WAYS, _SLOT_WORDS),
+        strides=(slots.strides[0], _SLOT_WORDS * slots.strides[1], slots.strides[1]),
+        writeable=slots.flags.writeable,
+    )
 
 
 def live_mask(tags: np.ndarray, now_ns: int, window_s: int) -> np.ndarray:
@@ -102,13 +105,18 @@ def live_entries(words: np.ndarray, now_ns: int, window_s: int) -> tuple[np.ndar
 
 
 def read_live_entries(
-    chunks: Callable[[], Iterator[np.ndarray]], now_ns: int, window_s: int
+    chunks: Callable[[], Iterator[np.ndarray]],
+    now_ns: int,
+    window_s: int,
+    expected: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """live_entries over a table read chunk by chunk (each chunk a (sets, SET_WORDS) view that
     is valid until the next one is asked for), gathered straight into arrays of the right
-    size: a first pass counts the live slots, the second copies their keys and values and
-    nothing else. What arrived between the passes is kept."""
-    expected = sum(int(live_mask(c[:, :WAYS], now_ns, window_s).sum()) for c in chunks())
+    size, their keys and values and nothing else. The size: `expected` (the last read's count,
+    say) with some room, or a first pass that counts the live slots. Past it, the rest is
+    gathered apart and joined at the end: nothing is lost, only a copy more."""
+    if expected is None:
+        expected = sum(int(live_mask(c[:, :WAYS], now_ns, window_s).sum()) for c in chunks())
     size = expected + expected // 64 + 1024
     keys, values = np.empty(size, KEY_DTYPE), np.empty(size, VALUE_DTYPE)
     key_words, value_words = keys.view("<u8").reshape(size, 3), values.view("<u8").reshape(size, 4)
@@ -120,16 +128,15 @@ def read_live_entries(
         set_index, way = np.nonzero(live)  # row-major: set by set, way by way
         if len(set_index) == 0:
             continue
-        base = set_index * SET_WORDS + WAYS + way * _SLOT_WORDS
-        flat = chunk.reshape(-1)
         duplicate_sets = _sets_with_repeated_tags(tags, live)
         if len(set_index) > size - filled or len(duplicate_sets):
             chunk_keys, chunk_values = live_entries(chunk, now_ns, window_s)
             extra.append((chunk_keys, chunk_values))
             continue
-        end = filled + len(base)
-        np.take(flat, base[:, None] + _VALUE_COLUMNS, out=value_words[filled:end])
-        np.take(flat, base[:, None] + _KEY_COLUMNS, out=key_words[filled:end])
+        end = filled + len(set_index)
+        gathered = _slots(chunk)[set_index, way]  # (live, slot words)
+        value_words[filled:end] = gathered[:, :4]
+        key_words[filled:end] = gathered[:, 4:7]
         filled = end
     if extra:
         return (
@@ -140,11 +147,15 @@ def read_live_entries(
 
 
 def _sets_with_repeated_tags(tags: np.ndarray, live: np.ndarray) -> np.ndarray:
-    """Indices of the sets where two live slots have the same tag hash (duplicate candidates)."""
+    """Indices of the sets where two live slots have the same tag hash (duplicate candidates):
+    the 28 pairs of ways compared column by column."""
     hashes = np.where(live, tags >> np.uint64(32), np.uint64(0))
-    hashes.sort(axis=1)
-    repeated = (hashes[:, 1:] == hashes[:, :-1]) & (hashes[:, 1:] != 0)
-    return np.flatnonzero(repeated.any(axis=1))
+    repeated = np.zeros(len(tags), bool)
+    for a in range(WAYS - 1):
+        column = hashes[:, a]
+        for b in range(a + 1, WAYS):
+            repeated |= (column == hashes[:, b]) & (column != 0)
+    return np.flatnonzero(repeated)
 
 
 def _merge_duplicates(
