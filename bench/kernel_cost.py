@@ -3,46 +3,64 @@ program loaded in the same run.
 
 Every figure is a ratio to the empty program measured in the same round (A B A B ...), so that
 the noise of a shared machine mostly cancels; each is the median of several rounds, with the
-smallest and largest round as its spread. The process is pinned to one CPU while it measures:
-BPF_PROG_TEST_RUN runs the program on the calling CPU, and the per-CPU cache and (with
-BPF_F_NO_COMMON_LRU) the per-CPU LRU lists are then those of one CPU, as for one RX queue.
+smallest and largest round as its spread. The process is pinned to one CPU while it measures
+(BPF_PROG_TEST_RUN runs the program on the calling CPU, as one RX queue would).
 
-Steps (hot path, IPv4): empty program; parsing + port filter + outcome counter; + an LRU-hash
-lookup and update per frame with the coarse clock (the program's first version, the baseline);
-+ the per-CPU cache, still calling the coarse clock per frame; the project's program (the cache,
-stamped with jiffies). Every step is bpf/xdp_ip_counter.c itself, built with the -D switches of
-its "benchmark steps" (STEPS below), so the steps parse with the program's own code.
+- The hot path (one source again and again), by steps: parsing + port filter + outcome counter
+  (the product built with -DPARSE_ONLY); the first version (bench/programs/first_version.c: an
+  LRU-hash lookup and update per frame, the coarse clock helper); the product calling the
+  coarse clock helper (-DCOARSE_CLOCK); the product. Then other frames, and the hot path with
+  many other entries in the table.
+- A new source in every frame, two ways. Per frame: one BPF_PROG_TEST_RUN per frame (the
+  syscall in between leaves the code cold too). The flood run (issue 12's goal 2): every
+  contender wrapped in bench/programs/varying_source.c, which gives each run of one test run
+  with repeat N a new source: code warm, table cold, as in a flood at line rate; the table
+  with room, and full. Added cost = (contender - empty) / (first version - empty), round by
+  round.
+- Checks: every frame given to the product is in the counts it reports; the table is exact
+  when two CPUs send the same new sources at once (duplicates merged on reading); sources
+  that keep sending stay through a flood of one-packet sources.
 """
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import os
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
 from tests.support import frames
 from xdp_ip_counter import bpf_syscall
-from xdp_ip_counter.bpf import BPF_F_NO_COMMON_LRU, DataPath, source_dir
-from xdp_ip_counter.clock import kernel_clock
+from xdp_ip_counter.bpf import DataPath
 from xdp_ip_counter.config import PortFilter
+from xdp_ip_counter.layout import ESTABLISHED, OUTCOMES, WAYS
+from xdp_ip_counter.table import live_mask
 
-from . import fill
+from . import contenders, fill
 from .stats import chunk_medians, ratios, summary
 
 XDP_PASS = 2
 WATCHED = frozenset({22, 53, 443})
-EMPTY_SOURCE = b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }"
-# The steps before the project's program: the -D switches bpf/xdp_ip_counter.c builds them with.
+PORTS = PortFilter(all_ports=False, ports=WATCHED)
+
+EMPTY = "empty XDP"
+PARSE = "parse + port filter + counter"
+FIRST = "LRU hash per frame (first version)"
+COARSE = "project, coarse clock helper"
+PROJECT = "project"
+NO_SKETCH = "project without the sketch update"
+# The hot path's steps: the -D switches the product is built with (None: the first version).
 STEPS = {
-    "parse + port filter + counter": {"PARSE_ONLY": "1"},
-    "LRU hash per frame (first version)": {"NO_CACHE": "1", "COARSE_CLOCK": "1"},
-    "cache + coarse clock helper": {"COARSE_CLOCK": "1"},
+    PARSE: {"PARSE_ONLY": "1"},
+    FIRST: None,
+    COARSE: {"COARSE_CLOCK": "1"},
+    PROJECT: {},
 }
+FLOOD_CONTENDERS = (FIRST, PROJECT, NO_SKETCH)
 
 CASES = {
     "hot path IPv4": frames.small_v4("10.1.0.2", 53),
@@ -57,16 +75,22 @@ CASES = {
     "QinQ IPv4": frames.small_qinq_v4("10.1.0.4", 53),
 }
 HOT = "hot path IPv4"
+NEW_SOURCE = "new source every frame"  # one test run per frame
+FLOOD = "flood run"  # a new source in every run of one test run
 
 
 @dataclass(frozen=True)
 class Config:
-    repeat: int  # frames per BPF_PROG_TEST_RUN
+    repeat: int  # frames per BPF_PROG_TEST_RUN on the hot path
     rounds: int
-    capacity: int  # of the sources maps that get filled (>= the largest fill + 1)
-    fills: tuple[int, ...]  # other entries in the map for the hot-path-at-scale rows
-    insert_frames: int  # new sources per insert measurement
-    cpu: int  # the CPU the measurements run on
+    capacity: int  # of the tables of the hot path at scale and the per-frame rows
+    fills: tuple[int, ...]  # other entries in the table for the hot-path-at-scale rows
+    insert_frames: int  # new sources per per-frame measurement
+    flood_capacities: tuple[int, ...]  # tables of the flood runs (powers of two)
+    flood_full_repeat: int  # new sources per test run of the flood run, table full
+    exact_sources: int  # distinct sources sent from two CPUs at once
+    exact_capacity: int
+    cpu: int  # the CPU the measurements run on (-1: the last one allowed)
 
 
 FULL = Config(
@@ -75,38 +99,34 @@ FULL = Config(
     capacity=1_100_000,
     fills=(100_000, 1_000_000),
     insert_frames=20_000,
+    flood_capacities=(65_536, 262_144, 1_048_576),
+    flood_full_repeat=100_000,
+    exact_sources=20_000,
+    exact_capacity=65_536,
     cpu=-1,
 )
 SMOKE = Config(
-    repeat=20_000, rounds=3, capacity=4096, fills=(1000, 3000), insert_frames=300, cpu=-1
+    repeat=20_000,
+    rounds=3,
+    capacity=4096,
+    fills=(1000, 3000),
+    insert_frames=300,
+    flood_capacities=(4096,),
+    flood_full_repeat=2000,
+    exact_sources=500,
+    exact_capacity=4096,
+    cpu=-1,
 )
 
 
 @dataclass
-class Program:
+class Contender:
     name: str
     fd: int
-    sources_fd: int | None = None  # its sources map, when it has one
-
-
-def _bcc_program(defines: dict[str, str], keep: list) -> tuple[int, int]:
-    """bpf/xdp_ip_counter.c built with defines: (program fd, sources map fd)."""
-    from bcc import BPF  # noqa: PLC0415 - bcc only where it is needed
-
-    cflags = [f"-I{source_dir()}", "-Wno-unused-function"]
-    cflags += [f"-D{name}={value}" for name, value in defines.items()]
-    bpf = BPF(src_file=str(source_dir() / "xdp_ip_counter.c").encode(), cflags=cflags)
-    fd = bpf.load_func(b"xdp_ip_counter", BPF.XDP).fd
-    leaf = bpf[b"port_filter"].Leaf()
-    for port in WATCHED:
-        leaf.bits[port >> 6] |= 1 << (port & 63)
-    bpf[b"port_filter"][ctypes.c_int(0)] = leaf
-    keep.append(bpf)
-    return fd, bpf[b"sources"].get_fd()
 
 
 @contextmanager
-def _pinned(cpu: int) -> Iterator[int]:
+def pinned(cpu: int) -> Iterator[int]:
     previous = os.sched_getaffinity(0)
     chosen = cpu if cpu >= 0 else max(previous)
     os.sched_setaffinity(0, {chosen})
@@ -116,115 +136,119 @@ def _pinned(cpu: int) -> Iterator[int]:
         os.sched_setaffinity(0, previous)
 
 
-def _run(fd: int, frame: bytes, repeat: int) -> int:
+def run_frames(fd: int, frame: bytes, repeat: int) -> int:
     result = bpf_syscall.prog_test_run(fd, frame, repeat=repeat)
     if result.retval != XDP_PASS:
         raise RuntimeError(f"program fd {fd} returned {result.retval}, not XDP_PASS")
     return result.duration_ns
 
 
-def _compare(
-    empty: int, contenders: list[Program], frame: bytes, config: Config
-) -> dict[str, dict]:
-    """Empty, contender, empty, contender ... for every round; per contender its ns, the empty
-    program's ns of the same rounds and the ratios."""
-    for program in contenders:  # warm up: the first frame of a source inserts it
-        _run(program.fd, frame, 1000)
-    times: dict[str, tuple[list[float], list[float]]] = {p.name: ([], []) for p in contenders}
-    for _ in range(config.rounds):
-        for program in contenders:
-            times[program.name][1].append(_run(empty, frame, config.repeat))
-            times[program.name][0].append(_run(program.fd, frame, config.repeat))
-    return {
-        name: {
-            "ns": summary(own),
-            "empty_ns": summary(base),
-            "ratio": summary(ratios(own, base)),
-        }
-        for name, (own, base) in times.items()
-    }
+def _series(
+    empty: int, contenders_: list[Contender], frame_list: list[bytes], repeat: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """For each frame: every contender (each first in turn) right after the empty program on
+    the same frame. (own ns, empty ns) per contender, one value per frame."""
+    own: dict[str, list[float]] = {c.name: [] for c in contenders_}
+    base: dict[str, list[float]] = {c.name: [] for c in contenders_}
+    for number, frame in enumerate(frame_list):
+        first = number % len(contenders_)
+        for contender in contenders_[first:] + contenders_[:first]:
+            base[contender.name].append(run_frames(empty, frame, repeat))
+            own[contender.name].append(run_frames(contender.fd, frame, repeat))
+    return own, base
 
 
-def _insert_costs(
-    empty: int, contenders: list[Program], new_frames: list[bytes], rounds: int
+def _figures(
+    own: dict[str, list[float]], base: dict[str, list[float]], baseline: str | None = None
 ) -> dict[str, dict]:
-    """A new source in every frame: one BPF_PROG_TEST_RUN per frame (repeat 1, so the figures
-    include the syscall's timer overhead, which the empty program shows), the empty program on
-    the same frame just before each. Rounds are consecutive slices of the frames."""
-    own: dict[str, list[float]] = {p.name: [] for p in contenders}
-    base: dict[str, list[float]] = {p.name: [] for p in contenders}
-    for number, frame in enumerate(new_frames):
-        first = number % len(contenders)  # each goes first in turn: no order bias
-        for program in contenders[first:] + contenders[:first]:
-            base[program.name].append(_run(empty, frame, 1))
-            own[program.name].append(_run(program.fd, frame, 1))
+    """ns, the empty program's ns and the ratio, per contender; with a baseline also the ratio
+    to it and the added cost over the empty program relative to the baseline's, round by
+    round."""
     result = {}
-    for name, series in own.items():
-        mine, theirs = chunk_medians(series, rounds), chunk_medians(base[name], rounds)
-        result[name] = {
+    for name, mine in own.items():
+        figures = {
             "ns": summary(mine),
-            "empty_ns": summary(theirs),
-            "ratio": summary(ratios(mine, theirs)),
+            "empty_ns": summary(base[name]),
+            "ratio": summary(ratios(mine, base[name])),
         }
+        if baseline is not None and baseline in own:
+            added = [o - b for o, b in zip(mine, base[name], strict=True)]
+            theirs = [o - b for o, b in zip(own[baseline], base[baseline], strict=True)]
+            figures["to_first_version"] = summary(ratios(mine, own[baseline]))
+            figures["added_vs_first_version"] = summary(ratios(added, theirs))
+        result[name] = figures
     return result
 
 
-def _entries(map_fd: int, capacity: int) -> int:
-    return bpf_syscall.map_lookup_batch(map_fd, 24, 32, capacity)[2]
+def _compare(
+    empty: int, contenders_: list[Contender], frame: bytes, config: Config
+) -> dict[str, dict]:
+    """The same frame, repeat times per test run, one test run per contender and round."""
+    for contender in contenders_:  # warm up: the first frame of a source inserts it
+        run_frames(contender.fd, frame, 1000)
+    own, base = _series(empty, contenders_, [frame] * config.rounds, config.repeat)
+    return _figures(own, base, FIRST)
+
+
+def _per_frame(
+    empty: int, contenders_: list[Contender], new_frames: list[bytes], rounds: int
+) -> dict[str, dict]:
+    """A new source in every frame, one test run per frame (repeat 1: the figures include the
+    syscall's leftovers, which the empty program shows too). Rounds are consecutive slices."""
+    own, base = _series(empty, contenders_, new_frames, 1)
+    return _figures(
+        {n: chunk_medians(v, rounds) for n, v in own.items()},
+        {n: chunk_medians(v, rounds) for n, v in base.items()},
+        FIRST,
+    )
 
 
 def run(config: Config, log: Callable[[str], None] = print) -> dict:
-    from bcc import BPF  # noqa: PLC0415
-
-    keep: list = []
-    clock = kernel_clock()
-    defines = {
-        "MAX_ENTRIES": str(config.capacity),
-        "LRU_FLAGS": "0",
-        "CLOCK_JIFFY_ZERO": f"{clock.jiffy_zero}ULL",
-        "CLOCK_TICK_NS": f"{clock.tick_ns}ULL",
+    result: dict = {
+        "config": config.__dict__
+        | {"fills": list(config.fills), "flood_capacities": list(config.flood_capacities)}
     }
-    datapaths: list[DataPath] = []
-    result: dict = {"config": config.__dict__ | {"fills": list(config.fills)}}
-    with _pinned(config.cpu) as cpu:
+    with ExitStack() as stack, pinned(config.cpu) as cpu:
         result["cpu"] = cpu
         log(f"kernel: compiling the contenders (capacity {config.capacity})")
-        empty_bpf = BPF(text=EMPTY_SOURCE)
-        keep.append(empty_bpf)
-        empty = empty_bpf.load_func(b"xdp_pass", BPF.XDP).fd
-
-        project = DataPath(config.capacity)
-        datapaths.append(project)
-        project.set_ports(PortFilter(all_ports=False, ports=WATCHED))
-        no_common = DataPath(config.capacity, lru_flags=BPF_F_NO_COMMON_LRU)
-        datapaths.append(no_common)
-        no_common.set_ports(PortFilter(all_ports=False, ports=WATCHED))
+        empty = stack.enter_context(closing(contenders.empty())).fd
+        first = stack.enter_context(closing(contenders.FirstVersion(config.capacity, PORTS)))
+        steps: dict[str, DataPath] = {}
+        for name, switches in STEPS.items():
+            if switches is not None:
+                steps[name] = stack.enter_context(
+                    closing(contenders.product(config.capacity, PORTS, defines=switches))
+                )
+        project = steps[PROJECT]
+        result["capacity"] = {FIRST: config.capacity, PROJECT: project.capacity}
         programs = {
-            name: Program(name, *_bcc_program(defines | switches, keep))
-            for name, switches in STEPS.items()
+            name: Contender(name, first.fd if name == FIRST else steps[name].prog_fd)
+            for name in STEPS
         }
-        try:
-            programs |= {
-                "project": Program("project", project.prog_fd, project.sources_fd),
-                "project, BPF_F_NO_COMMON_LRU": Program(
-                    "project, BPF_F_NO_COMMON_LRU", no_common.prog_fd, no_common.sources_fd
-                ),
-            }
-            result["rows"], result["project_counts"] = _measure_all(
-                empty, programs, project, config, log
-            )
-            result["entries_kept_from_one_cpu"] = _one_cpu_capacity(project, no_common, config, log)
-        finally:
-            for datapath in datapaths:
-                datapath.close()
-            for bpf in keep:
-                bpf.cleanup()
+        result["rows"], result["at_scale_entries"] = _measure(
+            empty, programs, first, project, config=config, log=log
+        )
+        result["project_counts"] = _project_counts(project, config)
+        result["flood"] = []
+        result["flood_checks"] = {}
+        for capacity in config.flood_capacities:
+            rows, checks = _flood_runs(capacity, config, log)
+            result["flood"] += rows
+            result["flood_checks"][str(capacity)] = checks
+    log("kernel: exactness, the same new sources from two CPUs at once")
+    result["exactness_two_cpus"] = exactness(config)
     return result
 
 
-def _measure_all(
-    empty: int, programs: dict[str, Program], project: DataPath, config: Config, log
-) -> tuple[list[dict], dict[str, dict[str, int]]]:
+def _measure(
+    empty: int,
+    programs: dict[str, Contender],
+    first: contenders.FirstVersion,
+    project: DataPath,
+    *,
+    config: Config,
+    log: Callable[[str], None],
+) -> tuple[list[dict], dict[str, int]]:
     rows: list[dict] = []
 
     def add(case: str, entries: str, measured: dict[str, dict]) -> None:
@@ -232,58 +256,50 @@ def _measure_all(
             rows.append({"case": case, "entries": entries, "program": name, **figures})
 
     log("kernel: steps of the hot path")
-    steps = [programs[name] for name in programs]
-    add(HOT, "1", _compare(empty, steps, CASES[HOT], config))
+    add(HOT, "1", _compare(empty, list(programs.values()), CASES[HOT], config))
     for case, frame in CASES.items():
-        if case == HOT:
-            continue
-        log(f"kernel: {case}")
-        add(case, "1", _compare(empty, [programs["project"]], frame, config))
+        if case != HOT:
+            log(f"kernel: {case}")
+            add(case, "1", _compare(empty, [programs[PROJECT]], frame, config))
 
-    log("kernel: new source every frame, map with room")
-    inserters = [
-        programs["LRU hash per frame (first version)"],
-        programs["project"],
-        programs["project, BPF_F_NO_COMMON_LRU"],
-    ]
-    new = frames.distinct_v4(config.insert_frames * 2, first="10.128.0.0")
+    log("kernel: new source every frame (one test run each), table with room")
+    inserters = [programs[FIRST], programs[PROJECT]]
+    new = [
+        frames.small_v4(str(ipaddress.IPv4Address(int(address))), 53)
+        for address in contenders.flood_sources(config.insert_frames * 2)
+    ]  # scattered, as varying_source.c makes them
     add(
-        "new source every frame",
-        "room",
-        _insert_costs(empty, inserters, new[: config.insert_frames], config.rounds),
+        NEW_SOURCE, "room", _per_frame(empty, inserters, new[: config.insert_frames], config.rounds)
     )
 
-    at_scale = [programs["LRU hash per frame (first version)"], programs["project"]]
-    filled = 0
+    filled, next_key = 0, 0
     for target in config.fills:
         log(f"kernel: hot path with {target} other entries")
-        for program in at_scale:
-            assert program.sources_fd is not None
-            fill.fill(program.sources_fd, target - filled, start=filled)
+        fill.fill(first.sources_fd, target - filled, start=filled)
+        next_key = fill.fill_table(project, target - filled, start=next_key).next_start
         filled = target
-        add(HOT, f"{target} others", _compare(empty, at_scale, CASES[HOT], config))
+        add(HOT, f"{target} others", _compare(empty, inserters, CASES[HOT], config))
 
-    counts = _project_counts(project, config)
-
-    log("kernel: new source every frame, full map (the LRU evicts)")
-    for program in [*at_scale, programs["project, BPF_F_NO_COMMON_LRU"]]:
-        assert program.sources_fd is not None
-        # Past capacity, from keys no fill used yet: the LRU has to evict.
-        present = _entries(program.sources_fd, config.capacity)
-        top_up = config.capacity + config.capacity // 8 - present
-        fill.fill(program.sources_fd, top_up, start=2 * config.capacity)
-        entries = _entries(program.sources_fd, config.capacity)
-        if entries < config.capacity // 4:
-            raise RuntimeError(f"{program.name}: only {entries} entries after filling")
+    log("kernel: new source every frame (one test run each), table full")
+    # Past capacity, with keys no fill used yet: the LRU has to evict; every slot of the table
+    # live, every other entry established.
+    fill.fill(first.sources_fd, config.capacity + config.capacity // 8, start=10 * config.capacity)
+    fill.fill_table(project, None, start=next_key, established=2)
+    entries = {
+        FIRST: _lru_entries(first.sources_fd, config.capacity),
+        PROJECT: len(project.read_sources()[0]),
+    }
     add(
-        "new source every frame",
-        "full",
-        _insert_costs(empty, inserters, new[config.insert_frames :], config.rounds),
+        NEW_SOURCE, "full", _per_frame(empty, inserters, new[config.insert_frames :], config.rounds)
     )
-    return rows, counts
+    return rows, entries
 
 
-# The source of each recorded case, and how many of its frames went to the project's program.
+def _lru_entries(map_fd: int, capacity: int) -> int:
+    return bpf_syscall.map_lookup_batch(map_fd, 24, 32, capacity)[2]
+
+
+# The source of each recorded case, and its family.
 _SOURCES = {
     HOT: ("10.1.0.2", 4),
     "hot path IPv6": ("fd00:1::2", 6),
@@ -293,8 +309,8 @@ _SOURCES = {
 
 
 def _project_counts(project: DataPath, config: Config) -> dict[str, dict[str, int]]:
-    """Packets the project's program recorded per source (read as the daemon reads them:
-    map plus cache) against the frames it was given: they must be equal."""
+    """Packets the product reports per source (read as the daemon reads them: through mmap,
+    duplicates merged) against the frames it was given: they must be equal."""
     keys, values, _ = project.read_sources()
     per_run = 1000 + config.rounds * config.repeat  # warm-up and rounds of one comparison
     counts = {}
@@ -308,13 +324,163 @@ def _project_counts(project: DataPath, config: Config) -> dict[str, dict[str, in
     return counts
 
 
-def _one_cpu_capacity(project: DataPath, no_common: DataPath, config: Config, log) -> dict:
-    """Entries the map keeps when every insert comes from one CPU (as one RX queue would):
-    the per-CPU LRU gives each CPU capacity / CPUs."""
-    log("kernel: entries kept from one CPU's inserts")
+# -- the flood run -------------------------------------------------------------------------------
+
+
+def _flood_runs(capacity: int, config: Config, log) -> tuple[list[dict], dict]:
+    """The flood run with tables of `capacity`: room (rounds of capacity / (2 rounds) new
+    sources each, so the table is at most half full), then full (the LRU filled past capacity,
+    every slot of the table live, every other entry established; rounds of flood_full_repeat
+    new sources)."""
+    log(f"kernel: compiling the flood-run contenders (capacity {capacity})")
+    with ExitStack() as stack:
+        empty = stack.enter_context(closing(contenders.empty(varying=True))).fd
+        first = stack.enter_context(closing(contenders.FirstVersion(capacity, PORTS, varying=True)))
+        tables = {
+            PROJECT: contenders.product(capacity, PORTS, varying=True),
+            NO_SKETCH: contenders.product(
+                capacity, PORTS, defines={"NO_SKETCH": "1"}, varying=True
+            ),
+        }
+        for datapath in tables.values():
+            stack.enter_context(closing(datapath))
+        if any(datapath.capacity != capacity for datapath in tables.values()):
+            raise ValueError(f"flood capacity {capacity}: not a power of two of {WAYS}-way sets")
+        runners = [Contender(FIRST, first.fd)]
+        runners += [Contender(name, datapath.prog_fd) for name, datapath in tables.items()]
+        frame = CASES[HOT]
+        rows: list[dict] = []
+
+        def add(table: str, frames_per_run: int, measured: dict[str, dict]) -> None:
+            for name, figures in measured.items():
+                rows.append(
+                    {
+                        "case": FLOOD,
+                        "table": table,
+                        "capacity": capacity,
+                        "frames_per_run": frames_per_run,
+                        "program": name,
+                        **figures,
+                    }
+                )
+
+        log(f"kernel: flood run, table of {capacity} with room")
+        per_run = max(capacity // (2 * config.rounds), 1)
+        before = _counters(tables[PROJECT])
+        add(
+            "room",
+            per_run,
+            _figures(*_series(empty, runners, [frame] * config.rounds, per_run), FIRST),
+        )
+        checks = {"room": _outcomes(tables[PROJECT], before, config.rounds * per_run)}
+
+        log(f"kernel: flood run, table of {capacity} full")
+        fill.fill(first.sources_fd, capacity + capacity // 8, start=0)
+        for datapath in tables.values():
+            fill.fill_table(datapath, None, established=2)
+        full_per_run = config.flood_full_repeat
+        before = _counters(tables[PROJECT])
+        series = _series(empty, runners, [frame] * config.rounds, full_per_run)
+        add("full", full_per_run, _figures(*series, FIRST))
+        checks["full"] = _outcomes(tables[PROJECT], before, config.rounds * full_per_run)
+        checks["first_version_entries"] = _lru_entries(first.sources_fd, capacity)
+
+        log(f"kernel: a flood of one-packet sources past sources that keep sending ({capacity})")
+        checks["protection"] = protection(tables[PROJECT], capacity)
+        return rows, checks
+
+
+def _counters(datapath: DataPath) -> dict[str, int]:
+    return datapath.read_stats() | datapath.read_events()
+
+
+def _outcomes(datapath: DataPath, before: dict[str, int], frames_given: int) -> dict:
+    """The product's outcome and event counters since `before` (_counters), and its live
+    entries."""
+    now = _counters(datapath)
     return {
-        "capacity": config.capacity,
-        "cpus": os.cpu_count(),
-        "common_lru": _entries(project.sources_fd, config.capacity),
-        "no_common_lru": _entries(no_common.sources_fd, config.capacity),
+        "frames_given": frames_given,
+        **{name: count - before[name] for name, count in now.items() if count != before[name]},
+        "live_entries": len(datapath.read_sources()[0]),
     }
+
+
+def protection(datapath: DataPath, capacity: int) -> dict:
+    """capacity / 8 established sources (seen in two frames each), then a flood of 4 x capacity
+    one-packet sources through the wrapped product, in one test run: how many of the
+    established sources keep their slot and their counts. By design a set whose ways all hold
+    established sources gives one of them up to the flood (and then churns that slot only):
+    those sets are counted before the flood."""
+    datapath.clear()
+    protected = capacity // 8
+    fill.fill_table(datapath, protected, established=1)
+    tags = datapath.table_words()[:, :WAYS]
+    full_of_established = int(((tags & np.uint64(ESTABLISHED)) != 0).all(axis=1).sum())
+    del tags
+    datapath.unmap_table()
+    evicted_before = datapath.read_events()["evicted"]
+    flood = 4 * capacity
+    run_frames(datapath.prog_fd, CASES[HOT], flood)
+    keys, values, _ = datapath.read_sources()
+    mine = (keys["ifindex"] == fill.FILL_IFINDEX) & (values["packets"] == 2)
+    return {
+        "protected": protected,
+        "sets_full_of_established": full_of_established,
+        "flood": flood,
+        "still_present": int(mine.sum()),
+        "evicted_during_flood": datapath.read_events()["evicted"] - evicted_before,
+        "live_entries": len(keys),
+    }
+
+
+# -- exactness from two CPUs -----------------------------------------------------------------------
+
+
+def _send_from(cpu: int, fd: int, sends: list[tuple[bytes, int]]) -> None:
+    os.sched_setaffinity(0, {cpu})  # this thread only
+    for frame, times in sends:
+        for _ in range(times):
+            run_frames(fd, frame, 1)
+
+
+def exactness(config: Config) -> dict:
+    """exact_sources distinct sources, source i sent 1 + i % 5 times by each of two threads
+    pinned to two CPUs, in the same order (so that they often claim one new key at once), read
+    back as the daemon reads (duplicate slots merged): every source the table kept with
+    exactly its frames. A set that more sources than ways hash to gives up one-packet entries
+    (evicted, counted as such): those sources are missing, and only those."""
+    datapath = contenders.product(config.exact_capacity, PORTS)
+    try:
+        sources = frames.distinct_v4(config.exact_sources, first="10.200.0.0")
+        sends = [(frame, 1 + number % 5) for number, frame in enumerate(sources)]
+        cpus = sorted(os.sched_getaffinity(0))[:2]
+        threads = [
+            threading.Thread(target=_send_from, args=(cpu, datapath.prog_fd, sends)) for cpu in cpus
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        now = datapath.clock.now_ns()
+        keys, values, _ = datapath.read_sources()
+        slots = int(live_mask(datapath.table_words()[:, :WAYS], now, 60).sum())
+        datapath.unmap_table()
+        expected = np.array([times for _, times in sends], np.uint64) * len(threads)
+        addresses = np.frombuffer(keys["addr"].tobytes(), np.uint8).reshape(-1, 16)
+        number = addresses[:, 12:16].copy().view(">u4").ravel().astype(np.int64) - 0x0AC80000
+        stats = datapath.read_stats()
+        return {
+            "cpus": len(threads),
+            "sources": len(sends),
+            "capacity": datapath.capacity,
+            "frames": int(expected.sum()),
+            "keys_read": len(keys),
+            "packets_read": int(values["packets"].sum()),
+            "packets_of_sources_read": int(expected[number].sum()),
+            "duplicate_slots_merged": slots - len(keys),
+            "each_source_read_exact": bool(np.array_equal(values["packets"], expected[number])),
+            "evicted": datapath.read_events()["evicted"],
+            "outcomes": {name: stats[name] for name in OUTCOMES if stats[name]},
+        }
+    finally:
+        datapath.close()

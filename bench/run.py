@@ -1,7 +1,8 @@
-"""Run the benchmarks: kernel cost per frame, throughput through a veth pair, userspace at
-scale. Needs root (BPF, XDP, network namespaces); makes its own namespaces and removes them.
+"""Run the benchmarks: kernel cost per frame (with the flood run), throughput through a veth
+pair, userspace at scale, the sketch's accuracy. Needs root (BPF, XDP, network namespaces);
+makes its own namespaces and removes them.
 
-    /usr/bin/python3 -m bench.run            the full run (about 3 minutes on 2 quiet CPUs)
+    /usr/bin/python3 -m bench.run            the full run (about 8 minutes on 2 quiet CPUs)
     /usr/bin/python3 -m bench.run --smoke    every measurement, briefly (seconds; for the tests)
     /usr/bin/python3 -m bench.run --only kernel,userspace
     /usr/bin/python3 -m bench.run --table bench/results/<file>.json   Markdown of a past run
@@ -16,15 +17,30 @@ import json
 import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import kernel_cost, report, throughput, userspace
+from . import kernel_cost, report, sketch_accuracy, throughput, userspace
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PARTS = ("kernel", "throughput", "userspace")
+PARTS = ("kernel", "throughput", "userspace", "sketch")
+
+
+def product_version() -> str:
+    """The commit measured, and whether the program or the daemon differ from it."""
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    changed = git("status", "--porcelain", "--", "bpf", "xdp_ip_counter")
+    return f"{commit}{' with local changes' if changed else ''}"
 
 
 def machine() -> dict:
@@ -53,6 +69,7 @@ def run(smoke: bool, parts: tuple[str, ...]) -> dict:
             "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "smoke": smoke,
             "parts": list(parts),
+            "product": product_version(),
         }
     }
     if "kernel" in parts:
@@ -61,6 +78,9 @@ def run(smoke: bool, parts: tuple[str, ...]) -> dict:
         results["throughput"] = throughput.run(throughput.SMOKE if smoke else throughput.FULL, log)
     if "userspace" in parts:
         results["userspace"] = userspace.run(userspace.SMOKE if smoke else userspace.FULL, log)
+    if "sketch" in parts:
+        config = sketch_accuracy.SMOKE if smoke else sketch_accuracy.FULL
+        results["sketch"] = sketch_accuracy.run(config, log)
     results["meta"]["load_after"] = os.getloadavg()[0]
     results["meta"]["seconds"] = time.monotonic() - started
     return results

@@ -17,6 +17,9 @@ contender adds to that. The harness only sleeps on the other CPU while it measur
 
 trafgen runs without stopping for one source mode, and the contenders take turns under it (A B
 C ... then again in another order), so a slow spell of the shared machine hits all of them.
+Contenders: no program; the empty XDP program, the product and the first version
+(bench/programs/first_version.c, an LRU hash) in skb and in native mode, all ports watched;
+the nftables dynamic set an nftables user would write instead.
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ from pathlib import Path
 
 from tests.support.netns import VethLab, inside, veth_lab
 from xdp_ip_counter import bpf_syscall
-from xdp_ip_counter.bpf import BPF_F_NO_COMMON_LRU, DataPath
 from xdp_ip_counter.config import PortFilter
 
+from . import contenders as programs
 from .stats import ratios, summary
 
 PORT = 5353
@@ -49,7 +52,7 @@ class Config:
     seconds: float  # measured per contender per round
     settle: float  # after switching contenders, before measuring
     rounds: int
-    capacity: int  # of the project's map (and of the nftables sets)
+    capacity: int  # of the product's table, the first version's LRU hash, the nftables sets
 
 
 FULL = Config(seconds=2.0, settle=0.3, rounds=3, capacity=262144)
@@ -59,9 +62,10 @@ CONTENDERS = (
     "no program",
     "empty XDP, skb",
     "project, skb",
-    "project BPF_F_NO_COMMON_LRU, skb",
+    "first version, skb",
     "empty XDP, native",
     "project, native",
+    "first version, native",
     "nftables set",
 )
 
@@ -218,22 +222,17 @@ class Contenders:
     """Puts one contender at a time on the receiving end, and takes it off again."""
 
     def __init__(self, lab: VethLab, capacity: int) -> None:
-        from bcc import BPF  # noqa: PLC0415
-
         self.lab = lab
         self.capacity = capacity
-        self._empty = BPF(text=b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }")
-        self.empty_fd = self._empty.load_func(b"xdp_pass", BPF.XDP).fd
-        self.project = DataPath(capacity)
-        self.project.set_ports(PortFilter.all())
-        self.per_cpu_lru = DataPath(capacity, lru_flags=BPF_F_NO_COMMON_LRU)
-        self.per_cpu_lru.set_ports(PortFilter.all())
+        self._empty = programs.empty()
+        self.project = programs.product(capacity, PortFilter.all())
+        self.first_version = programs.FirstVersion(capacity, PortFilter.all())
         self.ifindex = lab.receiver_ifindex()
 
     def close(self) -> None:
         self.project.close()
-        self.per_cpu_lru.close()
-        self._empty.cleanup()
+        self.first_version.close()
+        self._empty.close()
 
     @contextmanager
     def on(self, name: str) -> Iterator[None]:
@@ -249,9 +248,9 @@ class Contenders:
             return
         program, mode = (part.strip() for part in name.split(","))
         fd = {
-            "empty XDP": self.empty_fd,
+            "empty XDP": self._empty.fd,
             "project": self.project.prog_fd,
-            "project BPF_F_NO_COMMON_LRU": self.per_cpu_lru.prog_fd,
+            "first version": self.first_version.fd,
         }[program]
         link = inside(
             self.lab.receiver, lambda: bpf_syscall.link_create_xdp(fd, self.ifindex, mode)
@@ -273,6 +272,8 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict:
             stats = contenders.project.read_stats()
             result["project_frames_recorded"] = stats["recorded"] + stats["recorded_new"]
             result["project_new_sources"] = stats["recorded_new"]
+            result["project_evicted"] = contenders.project.read_events()["evicted"]
+            result["first_version_frames_recorded"] = sum(contenders.first_version.stats()[:2])
         finally:
             contenders.close()
     return result

@@ -1,10 +1,10 @@
 """Part 3: the daemon's userspace at scale, and its start-up.
 
-- Scale (bench/userspace_worker.py, a process of its own): a map filled with many distinct
+- Scale (bench/userspace_worker.py, a process of its own): the table filled with many distinct
   entries (a mix of IPv4 and IPv6 sources, TCP and UDP, sixteen ports), then the daemon's own
-  Daemon.refresh() (batch read with the cache's pending counts, window, stale keys, expiry,
+  Daemon.refresh() (the table read through mmap, the window's active set, the sketches' window,
   View), /metrics latency while refreshes run back to back, the time to read /list, a refresh
-  that expires every entry, and the process's peak RSS.
+  in which every entry has left the window, and the process's peak RSS.
 - Start-up: the real daemon (``python3 -m xdp_ip_counter``) started in a namespace with a veth
   the harness made, timed from exec to READY=1 on a notify socket: interpreter, imports, bcc
   compile and load, attach, first refresh, HTTP server.
@@ -64,14 +64,22 @@ SMOKE = Config(
 
 def run(config: Config, log: Callable[[str], None] = print) -> dict:
     log(f"userspace: {config.entries} entries")
-    worker = subprocess.run(
-        [PYTHON, "-m", "bench.userspace_worker", json.dumps(config.__dict__)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
+    env = {name: value for name, value in os.environ.items() if name != "NOTIFY_SOCKET"}
+    with veth_lab(f"u{os.getpid() % 10000}") as lab:
+        # In the lab's receiving namespace, where the daemon attaches to the veth end (in skb
+        # mode; no frame is sent) and serves on that namespace's 127.0.0.1.
+        worker = subprocess.run(
+            [
+                *("ip", "netns", "exec", lab.receiver, PYTHON, "-m", "bench.userspace_worker"),
+                json.dumps(config.__dict__ | {"interface": lab.receiver_if}),
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
     if worker.returncode != 0:
         raise RuntimeError(f"userspace worker failed: {worker.stderr.strip()[-2000:]}")
     result = json.loads(worker.stdout)

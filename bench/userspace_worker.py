@@ -3,28 +3,32 @@ holding many entries, in a process of its own so that its peak RSS is the daemon
 
     python3 -m bench.userspace_worker '{"entries": ..., "capacity": ..., ...}'
 
-It compiles the program (timed), has a forked child fill the map (so the fill's buffers are not
-in this process's RSS), then drives the daemon's own Daemon.refresh() and MetricsServer: refresh
-durations, /metrics latency from a client process while refreshes run back to back, the time to
-read /list, a refresh that expires every entry, and the process's RSS along the way. Prints one
-JSON object.
+It runs in a network namespace of the harness (bench/userspace.py). It loads the program
+(timed), has a forked child fill the table through its mapping (so the fill's buffers are not
+in this process's RSS), then starts the daemon's own Daemon over it (attached to the harness's
+veth, where no frame arrives; its HTTP server on 127.0.0.1) and drives Daemon.refresh():
+refresh durations, /metrics latency from a client process while refreshes run back to back,
+the time to read /list, a refresh in which every entry has left the window, and the process's
+RSS along the way. Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from xdp_ip_counter import memory
 from xdp_ip_counter.bpf import DataPath
 from xdp_ip_counter.config import PortFilter, Settings
 from xdp_ip_counter.daemon import Daemon
-from xdp_ip_counter.routes import MetricsServer
-from xdp_ip_counter.window import Snapshot, active_set, stale_keys
+from xdp_ip_counter.sketch import SketchCounts, SketchWindow
+from xdp_ip_counter.window import DeferredActiveSet, Snapshot
 
 from . import fill
 from .stats import summary
@@ -84,44 +88,56 @@ def _client_result(process: subprocess.Popen, timeout: float) -> dict:
     return json.loads(out)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run(config: dict) -> dict:
     entries, capacity = int(config["entries"]), int(config["capacity"])
     result: dict = {"config": config, "rss_mb": {}}
+    memory.return_large_frees_to_the_kernel()  # as daemon.run() does before anything else
     result["rss_mb"]["before_compile"] = rss_mb()["now"]
     started = time.perf_counter()
     datapath = DataPath(capacity)
     result["compile_and_load_s"] = time.perf_counter() - started
+    result["table_slots"] = datapath.capacity
     result["rss_mb"]["compile_peak"] = rss_mb()["peak"]
     result["rss_mb"]["after_compile"] = rss_mb()["now"]
-    # From here on the peak is that of the daemon at work.
-    _peak_since_reset()
     settings = replace(
         Settings(),
-        interfaces=("lo",),
+        interfaces=(str(config["interface"]),),  # the harness's veth: no frame arrives on it
+        xdp_mode="skb",
         ports=PortFilter.all(),
         max_entries=capacity,
         serve_ip_list=True,
         listen_address="127.0.0.1",
+        server_port=_free_port(),
+        pin_path="",
     )
-    # The daemon's own refresh, over our data path, naming the interface of the filled entries.
+    started = time.perf_counter()
+    _in_child(lambda: fill.fill_table(datapath, entries, mixed=True, ifindex=IFINDEX, keep=False))
+    result["fill_s"] = time.perf_counter() - started
+    result["rss_mb"]["after_fill"] = rss_mb()["now"]
+    # From here on the peak is that of the daemon at work.
+    _peak_since_reset()
+    # The daemon's own start (configure, first refresh, server) and refresh, over our data
+    # path, naming the interface of the filled entries.
     daemon = Daemon(settings, lambda: settings, datapath=datapath, interface_names={IFINDEX: "lo"})
-    server = MetricsServer.bind("127.0.0.1", 0, daemon.current_view)
     try:
-        datapath.set_ports(settings.ports)
-        started = time.perf_counter()
-        _in_child(lambda: fill.fill(datapath.sources_fd, entries, mixed=True, ifindex=IFINDEX))
-        result["fill_s"] = time.perf_counter() - started
-        result["rss_mb"]["after_fill"] = rss_mb()["now"]
-
+        daemon.start()
         result["refresh"] = _refreshes(daemon, int(config["refreshes"]))
-        result["refresh_parts"] = _refresh_parts(datapath, settings.window)
         view = daemon.current_view()
         result["active_sources"] = len(view.active) if view else 0
         result["rss_mb"]["after_refreshes"] = rss_mb()["now"]
         result["rss_mb"]["peak_refreshing"] = _peak_since_reset()
+        del view
+        result["refresh_parts"] = _refresh_parts(datapath, settings.window)
+        # Not a peak of the daemon's (a second snapshot beside the View's): not in "peak".
+        result["rss_mb"]["refresh_parts_peak"] = _peak_since_reset()
 
-        server.start()
-        base = f"http://127.0.0.1:{server.port}"
+        base = f"http://127.0.0.1:{settings.server_port}"
         result["metrics"] = _metrics_while_refreshing(
             daemon, f"{base}/metrics", float(config["seconds"]), int(config["metrics_rounds"])
         )
@@ -133,14 +149,15 @@ def run(config: dict) -> dict:
         result["rss_mb"]["after_list"] = rss_mb()["now"]
         result["rss_mb"]["peak_serving_list"] = _peak_since_reset()
 
-        # A flood that ended a window ago: every entry expires in one refresh.
+        # A flood that ended a window ago: every entry has left the window at once.
         _in_child(
-            lambda: fill.fill(
-                datapath.sources_fd,
+            lambda: fill.fill_table(
+                datapath,
                 entries,
                 mixed=True,
                 ifindex=IFINDEX,
                 age_s=2 * settings.window,
+                keep=False,
             )
         )
         started = time.perf_counter()
@@ -152,8 +169,7 @@ def run(config: dict) -> dict:
             value for name, value in result["rss_mb"].items() if name.startswith("peak_")
         )
     finally:
-        server.close()
-        datapath.close()
+        daemon.close()  # closes the data path too
     return result
 
 
@@ -167,21 +183,27 @@ def _refreshes(daemon: Daemon, count: int) -> dict:
 
 
 def _refresh_parts(datapath: DataPath, window: int) -> dict:
-    """The refresh's steps timed one by one (one more refresh's worth)."""
+    """The refresh's steps timed one by one (one more refresh's worth), as Daemon.refresh()
+    takes them: the table read through mmap, the window's counts (DeferredActiveSet), the
+    sketches' window (read, union, estimates); then the rows /list asks for (sorted, merged
+    across interfaces), which the daemon makes on the first /list after a refresh."""
     started = time.perf_counter()
     keys, values, taken_ns = datapath.read_sources()
     read = time.perf_counter()
     snapshot = Snapshot(keys=keys, values=values, taken_at_ns=taken_ns, taken_at_wall=time.time())
-    active = active_set(snapshot, window, {IFINDEX: "lo"})
-    windowed = time.perf_counter()
-    stale = stale_keys(snapshot, window)
+    active = DeferredActiveSet(snapshot, window, {IFINDEX: "lo"})
+    counted = time.perf_counter()
+    union = SketchWindow(datapath.plan.sketches).update(datapath.read_sketches(), taken_ns, window)
+    SketchCounts.of(union, datapath.plan, ())
+    sketched = time.perf_counter()
+    rows = len(active.resolve())
     done = time.perf_counter()
     return {
         "read_sources_s": read - started,
-        "active_set_s": windowed - read,
-        "stale_keys_s": done - windowed,
-        "rows": len(active),
-        "stale": len(stale),
+        "counts_s": counted - read,
+        "sketches_s": sketched - counted,
+        "list_rows_s": done - sketched,
+        "rows": rows,
     }
 
 
