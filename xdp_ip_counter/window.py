@@ -375,65 +375,53 @@ def stale_keys(snapshot: Snapshot, window_s: int) -> np.ndarray:
     return snapshot.keys[snapshot.values["last_seen"] < _cutoff(snapshot.taken_at_ns, window_s)]
 
 
+_GATHER_ROWS = 65536  # rows gathered at a time: the temporaries stay at a few MB
+
+
 def active_set(snapshot: Snapshot, window_s: int, ifnames: Mapping[int, str]) -> ActiveSet:
     """Aggregate the keys seen within the window per (address, family, protocol, port).
 
     ``ifnames`` maps ifindex to name; an ifindex not in it is shown as "if<N>".
+
+    Memory: besides the result, an order of the keys (8 bytes a key) and temporaries of a
+    chunk of rows; a source seen on several interfaces (several keys, one row) is merged with
+    whole columns, only when there is one.
     """
     selected = np.flatnonzero(
         snapshot.values["last_seen"] >= _cutoff(snapshot.taken_at_ns, window_s)
     )
     if len(selected) == 0:
         return ActiveSet.empty(window_s, snapshot.taken_at_ns, snapshot.taken_at_wall)
-
-    # Work on plain columns: gathering rows of a structured array is several times slower.
-    # Temporaries are dropped as soon as they are used: a million rows make each one 4-16 MB.
-    keys, values = snapshot.keys, snapshot.values
-    high, low = _address_halves(keys["addr"][selected])
-    family = keys["family"][selected]
-    # (port, proto, family) in one integer that sorts in that order.
-    group = keys["port"][selected].astype(np.uint32)
-    group <<= 16
-    group |= keys["proto"][selected].astype(np.uint32) << 8
-    group |= family
-    order = _sort_order(group, high, low, family == 4)
-    del family
-    group, high, low = group[order], high[order], low[order]
-    selected = selected[order]
-    del order
-
-    new_row = np.empty(len(selected), bool)
-    new_row[0] = True
-    np.not_equal(group[1:], group[:-1], out=new_row[1:])
-    new_row[1:] |= high[1:] != high[:-1]
-    new_row[1:] |= low[1:] != low[:-1]
-    starts = np.flatnonzero(new_row)
-    del new_row
-
-    rows = np.empty(len(starts), ACTIVE_DTYPE)
-    rows["addr"] = _address_bytes(high[starts], low[starts])
-    del high, low
-    first_group = group[starts]
-    del group
-    rows["family"] = first_group & 0xFF
-    rows["proto"] = (first_group >> 8) & 0xFF
-    rows["port"] = first_group >> 16
-    del first_group
-    rows["first_seen"] = np.minimum.reduceat(values["first_seen"][selected], starts)
-    rows["last_seen"] = np.maximum.reduceat(values["last_seen"][selected], starts)
-    rows["packets"] = np.add.reduceat(values["packets"][selected], starts)
-    rows["bytes"] = np.add.reduceat(values["bytes"][selected], starts)
-
-    # Interfaces: each distinct ifindex gets a bit; a row's bits are OR-ed over its group.
-    ifindexes, position = _positions(keys["ifindex"][selected])
+    # The key as its three 64-bit words: the address, then ifindex | (port, proto, family) << 32.
+    key_words = np.ascontiguousarray(snapshot.keys).view("<u8").reshape(-1, 3)
+    value_words = np.ascontiguousarray(snapshot.values).view("<u8").reshape(-1, 4)
+    order = _row_order(snapshot.keys, selected)  # indices of keys, sorted as the rows are
     del selected
-    interface_bits = np.bitwise_or.reduceat(_bit_sets(position, len(ifindexes)), starts, axis=0)
-    interface_names = tuple(ifnames.get(i, f"if{i}") for i in ifindexes.tolist())
-
+    new_row = _new_rows(key_words, order)
+    ifindexes, position = _positions(snapshot.keys["ifindex"][order])
+    names = tuple(ifnames.get(i, f"if{i}") for i in ifindexes.tolist())
+    if new_row.all():  # every key a row of its own (one interface): gather, a chunk at a time
+        del new_row
+        rows = np.empty(len(order), ACTIVE_DTYPE)
+        for start in range(0, len(order), _GATHER_ROWS):
+            chunk = order[start : start + _GATHER_ROWS]
+            _fill_rows(rows[start : start + len(chunk)], key_words[chunk], value_words[chunk])
+        interface_bits = _bit_sets(position, len(ifindexes))
+    else:
+        starts = np.flatnonzero(new_row)
+        del new_row
+        rows = np.empty(len(starts), ACTIVE_DTYPE)
+        _fill_rows(rows, key_words[order[starts]], None)
+        values = snapshot.values
+        rows["first_seen"] = np.minimum.reduceat(values["first_seen"][order], starts)
+        rows["last_seen"] = np.maximum.reduceat(values["last_seen"][order], starts)
+        rows["packets"] = np.add.reduceat(values["packets"][order], starts)
+        rows["bytes"] = np.add.reduceat(values["bytes"][order], starts)
+        interface_bits = np.bitwise_or.reduceat(_bit_sets(position, len(ifindexes)), starts, axis=0)
     return ActiveSet(
         rows=rows,
         interface_bits=interface_bits,
-        interface_names=interface_names,
+        interface_names=names,
         counts=_count_sources(rows),
         window_s=window_s,
         taken_at_ns=snapshot.taken_at_ns,
@@ -441,18 +429,73 @@ def active_set(snapshot: Snapshot, window_s: int, ifnames: Mapping[int, str]) ->
     )
 
 
+def _fill_rows(rows: np.ndarray, key_words: np.ndarray, value_words: np.ndarray | None) -> None:
+    """rows' fields from keys (and values) given as their 64-bit words."""
+    rows["addr"] = np.ascontiguousarray(key_words[:, :2]).view("V16").ravel()
+    kind = key_words[:, 2] >> np.uint64(32)  # port | proto << 16 | family << 24
+    rows["port"] = kind & np.uint64(0xFFFF)
+    rows["proto"] = (kind >> np.uint64(16)) & np.uint64(0xFF)
+    rows["family"] = kind >> np.uint64(24)
+    if value_words is not None:
+        for column, name in enumerate(("first_seen", "last_seen", "packets", "bytes")):
+            rows[name] = value_words[:, column]
+
+
+def _row_order(keys: np.ndarray, selected: np.ndarray) -> np.ndarray:
+    """selected (indices of keys) sorted by (port, protocol, family, address); the keys of one
+    source on several interfaces end up next to each other (in no particular order)."""
+    # (port, proto, family) in one integer that sorts in that order.
+    group = keys["port"][selected].astype(np.uint32)
+    group <<= 16
+    group |= keys["proto"][selected].astype(np.uint32) << 8
+    group |= keys["family"][selected]
+    is_v4 = keys["family"][selected] == 4
+    parts = []
+    if is_v4.any():
+        v4 = selected[is_v4]
+        # IPv4: the group and the address (big-endian in the key's last 4 address bytes) in
+        # one 64-bit integer that sorts in (group, address) order.
+        combined = group[is_v4].astype(np.uint64)
+        combined <<= np.uint64(32)
+        address = np.ascontiguousarray(keys["addr"][v4]).view(">u4").reshape(-1, 4)[:, 3]
+        combined |= address.astype(np.uint64)
+        del address
+        parts.append(v4[np.argsort(combined)])
+        del combined
+    if not is_v4.all():
+        v6 = selected[~is_v4]
+        high, low = _address_halves(keys["addr"][v6])
+        parts.append(v6[np.lexsort((low, high, group[~is_v4]))])
+        del high, low
+    if len(parts) == 1:
+        return parts[0]
+    # Both: a stable sort on the group merges them (family is the group's lowest byte).
+    order = np.concatenate(parts)
+    del parts
+    again = keys["port"][order].astype(np.uint32)
+    again <<= 16
+    again |= keys["proto"][order].astype(np.uint32) << 8
+    again |= keys["family"][order]
+    return order[np.argsort(again, kind="stable")]
+
+
+def _new_rows(key_words: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Whether each key of `order` starts a row: its (address, family, protocol, port), i.e.
+    its words but the ifindex, differ from the key before it (a chunk at a time)."""
+    new_row = np.empty(len(order), bool)
+    new_row[0] = True
+    for start in range(1, len(order), _GATHER_ROWS):
+        stop = min(start + _GATHER_ROWS, len(order))
+        words = key_words[order[start - 1 : stop]]
+        words[:, 2] >>= np.uint64(32)  # the ifindex out
+        new_row[start:stop] = (words[1:] != words[:-1]).any(axis=1)
+    return new_row
+
+
 def _address_halves(addresses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """16-byte addresses -> (high 64 bits, low 64 bits) as native integers: numeric order."""
     big_endian = np.ascontiguousarray(addresses).view(">u8").reshape(-1, 2)
     return big_endian[:, 0].astype(np.uint64), big_endian[:, 1].astype(np.uint64)
-
-
-def _address_bytes(high: np.ndarray, low: np.ndarray) -> np.ndarray:
-    """The inverse of _address_halves: V16 addresses."""
-    big_endian = np.empty((len(high), 2), ">u8")
-    big_endian[:, 0] = high
-    big_endian[:, 1] = low
-    return big_endian.view("V16").ravel()
 
 
 def _positions(ifindex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -477,35 +520,6 @@ def _bit_sets(position: np.ndarray, bit_count: int) -> np.ndarray:
     for word in range(words):
         bits[:, word] = np.where(word_of == word, single, np.uint64(0))
     return bits
-
-
-def _sort_order(
-    group: np.ndarray, high: np.ndarray, low: np.ndarray, is_v4: np.ndarray
-) -> np.ndarray:
-    """Indices that sort by (group, high, low).
-
-    IPv4 rows (high is constant for them) sort on one 64-bit integer, which is several times
-    faster than a three-key lexsort; only IPv6 rows need the lexsort. When both are present a
-    stable sort on the group merges them (family is the group's lowest byte, so v4 comes first).
-    """
-    v4 = np.flatnonzero(is_v4)
-    v6 = np.flatnonzero(~is_v4)
-    parts = []
-    if len(v4):
-        combined = group[v4].astype(np.uint64)
-        combined <<= np.uint64(32)
-        tail = low[v4]
-        tail &= np.uint64(0xFFFFFFFF)
-        combined |= tail
-        del tail
-        parts.append(v4[np.argsort(combined)])
-        del combined
-    if len(v6):
-        parts.append(v6[np.lexsort((low[v6], high[v6], group[v6]))])
-    if len(parts) == 1:
-        return parts[0]
-    order = np.concatenate(parts)
-    return order[np.argsort(group[order], kind="stable")]
 
 
 def _count_sources(rows: np.ndarray) -> np.ndarray:
