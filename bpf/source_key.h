@@ -1,5 +1,5 @@
-/* From a frame to its source key: the step that xdp_ip_counter.c and the benchmark's prototypes
- * (bench/prototypes/) share, so that the key, the outcomes and the parse exist once.
+/* From a frame to its source key: the step that xdp_ip_counter.c and the benchmark's first version
+ * (bench/programs/first_version.c) share, so that the key, the outcomes and the parse exist once.
  *
  * Nothing here touches a map: bcc rewrites map calls (stats.lookup(), ...) only in the file it
  * compiles, so counting an outcome and reading the port filter stay with each program.
