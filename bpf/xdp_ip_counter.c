@@ -426,7 +426,7 @@ int xdp_ip_counter(struct xdp_md *ctx)
         return count(outcome);
     __u32 zero = 0;
     struct port_filter *filter = port_filter.lookup(&zero);
-    if (!port_in_filter(filter, key.port) || !filter)
+    if (!filter || !port_in_filter(filter, key.port))
         return count(OUTCOME_PORT_FILTERED);
 #ifdef PARSE_ONLY
     return count(OUTCOME_RECORDED);

@@ -421,16 +421,18 @@ class DataPath:
 class MappedArray:
     """An array map with BPF_F_MMAPABLE, mapped into this process: `entries` elements of
     value_size bytes (the kernel rounds them up to 8) from byte `offset` (a multiple of the
-    page size) as one buffer."""
+    page size) as one buffer; read-only unless writable."""
 
-    def __init__(self, fd: int, value_size: int, entries: int, offset: int = 0) -> None:
+    def __init__(
+        self, fd: int, value_size: int, entries: int, offset: int = 0, *, writable: bool = True
+    ) -> None:
         self.size = ((value_size + 7) // 8 * 8) * entries
         length = -(-self.size // mmap.PAGESIZE) * mmap.PAGESIZE
         self._mmap: mmap.mmap | None = mmap.mmap(
             fd,
             length,
             flags=mmap.MAP_SHARED,
-            prot=mmap.PROT_READ | mmap.PROT_WRITE,
+            prot=mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0),
             offset=offset,
         )
 

@@ -154,7 +154,6 @@ class Daemon:
             carried = restore_and_pin(Path(s.pin_path), self._datapath, s.window)
             log.info("maps pinned in %s (%d entries carried over)", s.pin_path, carried)
         self._configure(s)
-        self._sketch_window = SketchWindow(self._datapath.plan.sketches)
         for ifname in s.interfaces:
             self._attach(ifname)
         # Before any thread starts: capset changes only the calling thread, and threads
@@ -217,7 +216,7 @@ class Daemon:
     def refresh(self) -> None:
         """Snapshot the kernel maps, compute the active set and the sketches' window."""
         assert self._datapath is not None
-        if self._sketch_window is None:  # a daemon handed its data path, refreshed unstarted
+        if self._sketch_window is None:  # the first refresh (also of a daemon not started)
             self._sketch_window = SketchWindow(self._datapath.plan.sketches)
         started = time.monotonic()
         window = self.settings.window

@@ -14,20 +14,24 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import mmap
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import bpf_syscall
+from .bpf import DataPath, MappedArray
 from .bpf_syscall import BPFSyscallError, MapInfo, map_info
-from .layout import LAYOUT_VERSION, OTHER_SKETCHES, RING, SET_DTYPE, SKETCH_SLOT_DTYPE
-from .table import as_words, live_entries, place
-
-if TYPE_CHECKING:
-    from .bpf import DataPath
+from .layout import (
+    LAYOUT_VERSION,
+    OTHER_SKETCHES,
+    RING,
+    SET_DTYPE,
+    SET_WORDS,
+    SKETCH_SLOT_DTYPE,
+)
+from .sketch import CLASSES
+from .table import live_entries, place
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +84,10 @@ def restore_and_pin(directory: Path, datapath: DataPath, window: int) -> int:
             stale.unlink()
     carried = 0
     with _Pinned(directory / SOURCES, SET_DTYPE.itemsize) as old:
-        if old.words is not None:
-            sets = len(old.words) // SET_DTYPE.itemsize
-            keys, values = live_entries(as_words(old.words, sets), datapath.clock.now_ns(), window)
+        if old.mapped is not None:
+            words = old.mapped.words(np.uint64).reshape(-1, SET_WORDS)
+            keys, values = live_entries(words, datapath.clock.now_ns(), window)
+            del words
             carried = place(datapath.table_words(), keys, values)
             datapath.unmap_table()
             log.info("carried %d of %d entries over from %s", carried, len(keys), old.path)
@@ -90,8 +95,12 @@ def restore_and_pin(directory: Path, datapath: DataPath, window: int) -> int:
         _Pinned(directory / SKETCH_OF_PORT, 8) as ids,
         _Pinned(directory / SKETCHES, SKETCH_SLOT_DTYPE.itemsize) as sketches,
     ):
-        if ids.words is not None and sketches.words is not None:
-            _carry_sketches(datapath, ids.words, sketches.words)
+        if ids.mapped is not None and sketches.mapped is not None:
+            _carry_sketches(
+                datapath,
+                ids.mapped.words(np.uint16).reshape(65536, 4),
+                sketches.mapped.words(np.uint8).view(SKETCH_SLOT_DTYPE),
+            )
     for name, fd in (
         (SOURCES, datapath.sources_fd),
         (SKETCHES, datapath.sketches_fd),
@@ -104,11 +113,10 @@ def restore_and_pin(directory: Path, datapath: DataPath, window: int) -> int:
     return carried
 
 
-def _carry_sketches(datapath: DataPath, old_ids: np.ndarray, old_slots: np.ndarray) -> None:
-    """Each old sketch's ring into the new sketch of the same port and class (or the class's
-    other-ports sketch): newer ticks replace older ones, equal ticks are unioned."""
-    ids = np.frombuffer(old_ids, np.uint16).reshape(65536, 4)
-    slots = np.frombuffer(old_slots, np.uint8).view(SKETCH_SLOT_DTYPE)
+def _carry_sketches(datapath: DataPath, ids: np.ndarray, slots: np.ndarray) -> None:
+    """Each old sketch's ring (slots) into the new sketch of the same port and class, by the
+    old sketch_of_port (ids), or into the class's other-ports sketch: newer ticks replace
+    older ones, equal ticks are unioned."""
     old_sketches = len(slots) // RING
     source_of = {klass: klass for klass in range(OTHER_SKETCHES)}  # old id -> new id
     for port in np.flatnonzero(ids.any(axis=1)).tolist():
@@ -116,7 +124,7 @@ def _carry_sketches(datapath: DataPath, old_ids: np.ndarray, old_slots: np.ndarr
             old_id = int(ids[port, klass])
             if old_id == 0 or old_id >= old_sketches:
                 continue
-            new_id = datapath.plan.sketch_id(*_class_labels(klass), port)
+            new_id = datapath.plan.sketch_id(*CLASSES[klass], port)
             source_of[old_id] = klass if new_id is None else new_id
     new = datapath.read_sketches()
     for old_id, new_id in source_of.items():
@@ -129,19 +137,14 @@ def _carry_sketches(datapath: DataPath, old_ids: np.ndarray, old_slots: np.ndarr
                 np.maximum(into["reg"], old["reg"], out=into["reg"])
 
 
-def _class_labels(klass: int) -> tuple[int, int]:
-    return (6 if klass & 2 else 4), (17 if klass & 1 else 6)
-
-
 class _Pinned:
     """A pinned array map of value_size elements, mapped read-only while in the `with`:
-    `words` is None when there is none, or it is not of our layout (then it is removed)."""
+    `mapped` is None when there is none, or it is not of our layout (then it is replaced)."""
 
     def __init__(self, path: Path, value_size: int) -> None:
         self.path = path
         self.value_size = value_size
-        self.words: memoryview | None = None
-        self._mmap: mmap.mmap | None = None
+        self.mapped: MappedArray | None = None
 
     def __enter__(self) -> _Pinned:
         if not self.path.exists():
@@ -162,10 +165,7 @@ class _Pinned:
                     wanted.type, wanted.key_size, wanted.value_size,
                 )  # fmt: skip
                 return self
-            size = (self.value_size + 7) // 8 * 8 * info.max_entries
-            length = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
-            self._mmap = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
-            self.words = memoryview(self._mmap)[:size]
+            self.mapped = MappedArray(fd, self.value_size, info.max_entries, writable=False)
         except (OSError, BPFSyscallError) as exc:
             log.warning("cannot read %s (%s): starting without it", self.path, exc)
         finally:
@@ -173,8 +173,6 @@ class _Pinned:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.words is not None:
-            self.words.release()
-            self.words = None
-        if self._mmap is not None:
-            self._mmap.close()
+        if self.mapped is not None:
+            self.mapped.close()
+            self.mapped = None

@@ -54,12 +54,12 @@ def ipv4_words(addresses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros_like(network), (network << np.uint64(32)) | _V4_MAPPED
 
 
-def address_hash(lo: np.ndarray, hi: np.ndarray, seed: int = 0) -> np.ndarray:
+def address_hash(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """the kernel's address_hash, bit for bit: one multiply, then murmur3's fmix64."""
     with np.errstate(over="ignore"):
         lo = np.asarray(lo, dtype=np.uint64)
         hi = np.asarray(hi, dtype=np.uint64)
-        h = ((lo ^ np.uint64(seed)) * _MIX1) ^ hi
+        h = (lo * _MIX1) ^ hi
         h ^= h >> np.uint64(33)
         h *= _FMIX1
         h ^= h >> np.uint64(33)
@@ -184,9 +184,9 @@ def estimate(sketch: np.ndarray) -> float:
     return m * m / (2.0 * math.log(2.0)) / z
 
 
-def ipv4_sketch(addresses: np.ndarray, p: int = DEFAULT_P, seed: int = 0) -> np.ndarray:
+def ipv4_sketch(addresses: np.ndarray, p: int = DEFAULT_P) -> np.ndarray:
     """The sketch of IPv4 sources given as host-order integers."""
-    return registers(address_hash(*ipv4_words(addresses), seed=seed), p)
+    return registers(address_hash(*ipv4_words(addresses)), p)
 
 
 # -- which port has which sketch -------------------------------------------------------------
@@ -217,8 +217,7 @@ class SketchPlan:
     def wanted(listed: Iterable[int], fleet_ports: Iterable[int]) -> list[int]:
         """The ports that should have sketches of their own, in order of precedence: the
         fleet ports, then the watched ports as listed (none when all ports are watched)."""
-        ordered = sorted(set(fleet_ports)) + sorted(set(listed) - set(fleet_ports))
-        return ordered
+        return sorted(set(fleet_ports)) + sorted(set(listed) - set(fleet_ports))
 
     @classmethod
     def initial(cls, listed: Iterable[int], fleet_ports: Iterable[int]) -> SketchPlan:
@@ -345,8 +344,8 @@ class SketchCounts:
         fleet = set(fleet_ports)
         exact, estimates, fleet_registers = {}, {}, {}
         for port in plan.ports:
-            for klass, (family, proto) in CLASSES.items():
-                sketch = OTHER_SKETCHES + 4 * plan.ports.index(port) + klass
+            for family, proto in CLASSES.values():
+                sketch = plan.sketch_id(family, proto, port)
                 label = (family, proto, port)
                 exact[label] = not union.lost[sketch]
                 estimates[label] = union.estimate(sketch)

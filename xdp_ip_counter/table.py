@@ -20,7 +20,6 @@ import numpy as np
 from .layout import (
     ESTABLISHED,
     KEY_DTYPE,
-    SET_WORDS,
     SLOT_DTYPE,
     STAMP_MASK,
     STAMP_SHIFT,
@@ -61,11 +60,6 @@ def key_hash(keys: np.ndarray) -> np.ndarray:
         h ^= h >> half
         h *= _M3
         return h ^ (h >> half)
-
-
-def as_words(buffer: object, sets: int) -> np.ndarray:
-    """A (sets, SET_WORDS) uint64 view of the table's memory (a mapped map, or bytes)."""
-    return np.frombuffer(buffer, dtype="<u8", count=sets * SET_WORDS).reshape(sets, SET_WORDS)
 
 
 def _slots(words: np.ndarray) -> np.ndarray:

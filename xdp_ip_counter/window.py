@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xdp_ip_counter.layout import FAMILIES, KEY_DTYPE, PROTOCOLS, VALUE_DTYPE
+from xdp_ip_counter.table import key_hash
 
 NS_PER_S = 1_000_000_000
 
@@ -272,8 +273,9 @@ def count_sources(snapshot: Snapshot, window_s: int) -> tuple[np.ndarray, int]:
 def _source_kinds(keys: np.ndarray) -> np.ndarray:
     """port | proto << 16 | family << 24 (uint32) of each distinct (address, family, protocol,
     port) of keys, whatever the interface. IPv4: the address and those fit one 64-bit integer
-    exactly, sorted. IPv6: a 64-bit hash of them, sorted, and where two hashes are equal the
-    keys themselves compared (a collision never merges two sources)."""
+    exactly, sorted. IPv6: the table's key_hash of them (the interface cleared), sorted, and
+    where two hashes are equal the keys themselves compared (a collision never merges two
+    sources)."""
     words = np.ascontiguousarray(keys).view("<u8").reshape(-1, 3)
     high = np.uint64(32)
     rest = words[:, 2] >> high  # port, proto, family: the key's last 4 bytes
@@ -288,13 +290,10 @@ def _source_kinds(keys: np.ndarray) -> np.ndarray:
         kinds.append((exact[first] >> high).astype(np.uint32))
     if not v4.all():
         v6 = np.flatnonzero(~v4)
-        with np.errstate(over="ignore"):
-            h = (words[v6, 0] * np.uint64(0x9E3779B97F4A7C15)) ^ words[v6, 1]
-            h ^= h >> high
-            h *= np.uint64(0xC2B2AE3D27D4EB4F)
-            h ^= rest[v6]
-            h ^= h >> high
-            h *= np.uint64(0x165667B19E3779F9)
+        without_interface = keys[v6]  # a copy
+        without_interface["ifindex"] = 0
+        h = key_hash(without_interface)
+        del without_interface
         order = np.argsort(h)
         h = h[order]
         keep = np.ones(len(order), bool)
