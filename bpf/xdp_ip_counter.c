@@ -3,7 +3,8 @@
  * window cardinality sketch. Parse, filter, record; always XDP_PASS.
  *
  * Compiled by bcc at start-up with these -D settings from the daemon (xdp_ip_counter/bpf.py):
- *   SET_BITS     log2 of the sets of the sources table (WAYS slots each)
+ *   SETS         sets of the sources table (WAYS slots each): a multiple of BLOCK_SETS
+ *   BLOCK_SETS   sets of a block, a power of two: a key's two sets are in one block
  *   NSKETCH      sketches (4 "other ports" sketches + 4 per port with a sketch of its own)
  *   CLOCK_JIFFY_ZERO, CLOCK_TICK_NS   the clock (below), calibrated by xdp_ip_counter/clock.py
  *
@@ -17,14 +18,16 @@
 #include <uapi/linux/bpf.h>
 #include "source_key.h" /* struct source_key, struct port_filter, outcomes, the parse */
 
-#ifndef SET_BITS
-#define SET_BITS 15
+#ifndef SETS
+#define SETS 12288
+#endif
+#ifndef BLOCK_SETS
+#define BLOCK_SETS 2048
 #endif
 #ifndef NSKETCH
 #define NSKETCH 20
 #endif
 #define WAYS 8 /* the verifier gives up (E2BIG) at 16 */
-#define SETS (1 << SET_BITS)
 
 /* Times are clock_now() below; bytes are IP bytes (header included). */
 struct source_value {
@@ -59,25 +62,34 @@ static __always_inline __u64 clock_now(void)
  * A set-associative table of our own in an array map, instead of an LRU hash, whose miss and
  * insert (a cold bucket and element walk, allocation, list work) cost ~400 ns per new source.
  * One array element is one set: a line of WAYS tag words, then WAYS slots of 64 bytes. A frame
- * costs one inlined array lookup, the tag line and, when a tag matches, its slot's line.
+ * of a key in its primary set costs an inlined array lookup, the tag line and its slot's line;
+ * a key in its alternate set, or a new key, the other set's tag line too.
  *
- * A key's set is the top SET_BITS bits of key_hash(); its tag word is
- *   TAG_HASH (the hash's low 32 bits | 1, so never 0) << 32 | ESTABLISHED | stamp
- * with stamp = last seen in units of 2^30 ns (31 bits) and ESTABLISHED = seen in two frames or
- * more. A tag word of 0 was never used; a tag word whose hash part is 0 and is not 0 (BUSY) is
- * being written by one CPU: nobody else matches it, evicts it or reads it.
+ * Two sets per key (the power of two choices): a set of 8 ways that 9 keys hash to would lose
+ * one of them with a table a fifth full; a new key goes to the emptier of its two sets, and
+ * with 1.5 slots per entry of capacity (xdp_ip_counter/table.py, sets_for) no set overflows
+ * below capacity. A key's primary set is the hash's top 32 bits scaled to SETS; its alternate
+ * is the primary xor an odd offset below BLOCK_SETS taken from the tag, so each is the other's
+ * alternate and both lie in one block (userspace reads a block at a time). A tag word is
+ *   TAG_HASH << 32 | ESTABLISHED | stamp
+ * TAG_HASH = the hash's low 32 bits with bit 0 set (never 0) and bit 1 saying which of its two
+ * sets the slot is in (SECONDARY: the alternate); stamp = last seen in units of 2^30 ns (31
+ * bits); ESTABLISHED = seen in two frames or more. A tag word of 0 was never used; a tag word
+ * whose hash part is 0 and is not 0 (BUSY) is being written by one CPU: nobody else matches it,
+ * evicts it or reads it.
  *
  * - Lazy expiry: a slot whose stamp is more than the window (port_filter.window_stamps) old is
  *   free. A key that comes back after that starts a new entry (first seen, counts from zero).
- * - Replacement when the set has no free slot: the one-packet slot seen longest ago, and only
- *   when there is none the established slot seen longest ago. A flood of one-packet sources
- *   churns the one-packet slots and leaves sources that keep sending where they are (the LRU's
- *   active list did that before). A live slot given up is counted (EVENT_EVICTED) and marks
+ * - A new key goes to the set with more free slots (the primary on a tie). When neither has
+ *   one: the one-packet slot of the two sets seen longest ago (on a tie, the lower way), and
+ *   only when there is none the established slot seen longest ago. A flood of one-packet sources churns the one-packet
+ *   slots and leaves sources that keep sending where they are (the LRU's active list did that
+ *   before). A live slot given up is counted (EVENT_EVICTED) and marks
  *   the victim's sketch as lossy for this tick: its count is an estimate for a window.
  * - Claiming: compare-and-exchange of the tag word from the value seen to BUSY, write the key
  *   and the first frame's counts, then publish the tag (an atomic exchange: a full barrier).
- *   Another CPU with the same new key meanwhile claims a second slot of the set: the reader
- *   (xdp_ip_counter/table.py) merges such duplicates, and the counts add up exactly.
+ *   Another CPU with the same new key meanwhile claims a second slot (of either set): the
+ *   reader (xdp_ip_counter/table.py) merges such duplicates, and the counts add up exactly.
  * - Counts are added atomically: a source sending on several RX queues loses nothing.
  * - BPF_F_MMAPABLE: userspace reads the table through mmap, without syscalls or copies.
  */
@@ -95,6 +107,7 @@ struct set {
 #define STAMP_SHIFT 30
 #define STAMP_MASK 0x7fffffffULL
 #define ESTABLISHED (1ULL << 31)
+#define SECONDARY (2ULL << 32)
 #define BUSY 1ULL
 #define WAY_BITS 4
 #define CLASS_SHIFT 61
@@ -283,18 +296,40 @@ static __always_inline int tag_free(__u64 word, __u64 stamp, __u64 window_stamps
     return tag_age(word, stamp) > window_stamps;
 }
 
+/* The scan of a new key's two sets computes ranks without branches: with a branch per way the
+ * verifier walks every combination of the 16 ways' outcomes (E2BIG). OPAQUE keeps the compiler
+ * from turning the arithmetic back into selects, which BPF lowers to branches. */
+#define OPAQUE(x) asm volatile("" : "+r"(x))
+#define BUSY_RANK (~0ULL >> 1)
+
+/* 1 when a < b, for a and b below 2^63. */
+static __always_inline __u64 below(__u64 a, __u64 b)
+{
+    __u64 difference = a - b;
+    OPAQUE(difference); /* or the compiler makes the shift a compare */
+    __u64 lt = difference >> 63;
+    OPAQUE(lt); /* or it makes the masks below selects */
+    return lt;
+}
+
 /* Eviction rank (lower goes first) with the way in its low WAY_BITS bits, so that the minimum
  * names the victim: free < one-packet < established, older before newer within a class; a
- * BUSY slot is never chosen. */
-static __always_inline __u64 tag_rank(__u64 word, int w, __u64 stamp, __u64 window_stamps)
+ * BUSY slot ranks BUSY_RANK and is never chosen. tag_free and tag_age without branches. */
+static __always_inline __u64 tag_rank(__u64 word, __u64 w, __u64 stamp, __u64 window_stamps)
 {
-    if (tag_free(word, stamp, window_stamps))
-        return w;
-    if ((word >> 32) == 0)
-        return ~0ULL;
-    __u64 class = word & ESTABLISHED ? 2 : 1;
-    __u64 age = tag_age(word, stamp); /* older = larger: rank by STAMP_MASK - age */
-    return (class << CLASS_SHIFT) | ((STAMP_MASK - age) << WAY_BITS) | w;
+    __u64 hash = word >> 32;
+    __u64 keyed = below(0, hash);                               /* a key's tag word */
+    __u64 written = below(0, hash | (word & 0xffffffffULL));  /* not 0: keyed or BUSY */
+    __u64 age = (stamp - word) & STAMP_MASK;
+    age &= below(STAMP_MASK >> 1, age) - 1; /* stamped after our clock read: age 0 */
+    __u64 free = (written ^ 1) | (keyed & below(window_stamps, age));
+    __u64 busy = written & (keyed ^ 1);
+    __u64 class = (word & ESTABLISHED) >> 31;
+    OPAQUE(class);
+    class += 1;
+    __u64 rank = (class << CLASS_SHIFT) | ((STAMP_MASK - age) << WAY_BITS) | w;
+    rank = (rank & (free - 1)) | (w & (0 - free));
+    return (rank & (busy - 1)) | (BUSY_RANK & (0 - busy));
 }
 
 /* Claim way w of set for key, whose tag word was `seen` when chosen: 1 when that gave up a live
@@ -321,26 +356,42 @@ static __always_inline int claim(struct set *set, __u32 w, __u64 seen, struct so
     return evicted;
 }
 
-#define COUNTED 0           /* counted in the key's slot */
-#define COUNTED_NEW_TICK 1  /* counted in the key's slot, its first frame of this tick */
-#define CLAIM 2             /* *way (whose tag word was *seen) is the slot to claim */
-#define ALL_BUSY 3
+#define COUNTED 0          /* counted in the key's slot */
+#define COUNTED_NEW_TICK 1 /* counted in the key's slot, its first frame of this tick */
+#define ABSENT 2           /* not in the set: scan says which slot it would take there */
 
-/* Count the frame in the key's slot of the set, or say which slot to claim for it. */
-static __always_inline int find(struct set *set, struct source_key *key, __u64 want, __u64 now,
-                                __u32 ip_len, __u64 window_stamps, __u32 *way, __u64 *seen)
+/* One set as a new key sees it: its lowest tag_rank (the way in its low bits; BUSY_RANK when
+ * every slot is BUSY), that way's tag word when read, and how many slots are free. */
+struct scan {
+    __u64 lowest;
+    __u64 seen;
+    __u64 free;
+};
+
+/* The two scans of a new key live in a per-CPU map value, not on the stack: read back from a
+ * map, they are values the verifier knows nothing of, so the paths that led to them (a tag
+ * hash that matched but not the key, ...) merge instead of multiplying (E2BIG). */
+struct scans {
+    struct scan of[2];
+};
+BPF_PERCPU_ARRAY(scan_scratch, struct scans, 1);
+
+/* Count the frame in the key's live slot of the set (tag hash `want`), or scan the set for a
+ * slot. A slot of the key that has expired is free like any other: the key starts a new entry
+ * in the lowest-ranked slot, maybe another one. The expired copy is not read again unless the
+ * window grows back over it before it is reused: then the reader merges the two copies (the
+ * key's counts over the longer window). */
+static __always_inline int scan_set(struct set *set, struct source_key *key, __u64 want,
+                                    __u64 now, __u32 ip_len, __u64 window_stamps,
+                                    struct scan *out)
 {
     __u64 stamp = (now >> STAMP_SHIFT) & STAMP_MASK;
 #pragma unroll
     for (int w = 0; w < WAYS; w++) {
         __u64 word = set->tag[w];
-        if ((word >> 32) != (want >> 32) || !same_key(&set->way[w].key, key))
+        if ((word >> 32) != (want >> 32) || !same_key(&set->way[w].key, key) ||
+            tag_free(word, stamp, window_stamps))
             continue;
-        if (tag_free(word, stamp, window_stamps)) { /* expired: a new entry, in this slot */
-            *way = w;
-            *seen = word;
-            return CLAIM;
-        }
         struct slot *s = &set->way[w];
         __u64 last = s->value.last_seen;
         if (last < now)
@@ -352,52 +403,70 @@ static __always_inline int find(struct set *set, struct source_key *key, __u64 w
             __sync_val_compare_and_swap(&set->tag[w], word, fresh);
         return (last >> TICK_SHIFT) != (now >> TICK_SHIFT) ? COUNTED_NEW_TICK : COUNTED;
     }
-    __u64 lowest = ~0ULL;
-#pragma unroll
-    for (int w = 0; w < WAYS; w++) {
-        __u64 word = set->tag[w];
+    __u64 lowest = BUSY_RANK, seen = 0, free = 0;
+#pragma clang loop unroll(disable)
+    for (__u64 w = 0; w < WAYS; w++) {
+        /* volatile: read again, so that what the matching above learnt of each word (on
+         * each of its paths) does not follow it here, and every path's scan is the same one */
+        __u64 word = ((volatile __u64 *)set->tag)[w];
         __u64 rank = tag_rank(word, w, stamp, window_stamps);
-        if (rank < lowest) {
-            lowest = rank;
-            *seen = word;
-        }
+        free += below(rank, 1 << WAY_BITS);
+        __u64 lower = 0 - below(rank, lowest); /* all ones when rank < lowest */
+        lowest = (rank & lower) | (lowest & ~lower);
+        seen = (word & lower) | (seen & ~lower);
     }
-    if (lowest == ~0ULL)
-        return ALL_BUSY;
-    *way = lowest & ((1 << WAY_BITS) - 1);
-    return CLAIM;
+    out->lowest = lowest;
+    out->seen = seen;
+    out->free = free;
+    return ABSENT;
 }
 
 static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 window_stamps)
 {
     __u64 now = clock_now();
     __u64 hash = key_hash(key);
-    int index = hash >> (64 - SET_BITS);
-    struct set *set = sources.lookup(&index);
-    if (!set)
+    /* The primary set: the hash's top 32 bits scaled to SETS (the top bits when SETS is a
+     * power of two); the alternate: the primary xor an odd offset from the tag's bits 16-26. */
+    __u32 primary = (__u32)(((hash >> 32) * SETS) >> 32);
+    __u32 alternate = primary ^ (((__u32)(hash >> 16) & (BLOCK_SETS - 1)) | 1);
+    struct set *first = sources.lookup(&primary);
+    struct set *second = sources.lookup(&alternate);
+    __u32 zero = 0;
+    struct scans *scratch = scan_scratch.lookup(&zero);
+    if (!first || !second || !scratch)
         return count(OUTCOME_INSERT_FAILED);
-    __u64 want = ((hash & 0xffffffffULL) | 1) << 32;
+    __u64 want = (((hash & 0xffffffffULL) | 1) << 32) & ~SECONDARY;
     struct source_key victim = {};
     int outcome = -1, add = 0, lost = 0;
     /* A claim that loses a race scans once more, and then usually finds the winner's key. */
 #pragma unroll
     for (int attempt = 0; attempt < 2; attempt++) {
-        __u32 way = 0;
-        __u64 seen = 0;
-        int found = find(set, key, want, now, ip_len, window_stamps, &way, &seen);
+        struct scan *a = &scratch->of[0], *b = &scratch->of[1];
+        int found = scan_set(first, key, want, now, ip_len, window_stamps, a);
+        int in_second = 0;
+        if (found == ABSENT) {
+            found = scan_set(second, key, want | SECONDARY, now, ip_len, window_stamps, b);
+            /* the emptier set; when both are full, the lower rank of the two */
+            in_second = b->free > a->free || (a->free == 0 && b->lowest < a->lowest);
+        }
         if (found == COUNTED || found == COUNTED_NEW_TICK) {
             outcome = OUTCOME_RECORDED;
             add = found == COUNTED_NEW_TICK;
             break;
         }
-        if (found == CLAIM) {
-            int claimed = claim(set, way, seen, key, want, now, ip_len, window_stamps, &victim);
-            if (claimed >= 0) {
-                outcome = OUTCOME_RECORDED_NEW;
-                add = 1;
-                lost = claimed;
-                break;
-            }
+        struct set *set = in_second ? second : first;
+        __u64 lowest = in_second ? b->lowest : a->lowest;
+        __u64 seen = in_second ? b->seen : a->seen;
+        if (lowest == BUSY_RANK)
+            continue; /* every slot of the set is being written */
+        int claimed = claim(set, lowest & ((1 << WAY_BITS) - 1), seen, key,
+                            in_second ? want | SECONDARY : want, now, ip_len, window_stamps,
+                            &victim);
+        if (claimed >= 0) {
+            outcome = OUTCOME_RECORDED_NEW;
+            add = 1;
+            lost = claimed;
+            break;
         }
     }
     if (outcome < 0) { /* not in the table: in the sketch only, and its port is lossy */

@@ -31,9 +31,9 @@ from . import bpf_syscall
 from .bpf_syscall import BPFSyscallError
 from .clock import KernelClock, kernel_clock
 from .config import PortFilter
-from .layout import EVENTS, OUTCOMES, SET_DTYPE, SET_WORDS, SKETCH_SLOT_DTYPE, WAYS
+from .layout import BLOCK_SETS, EVENTS, OUTCOMES, SET_DTYPE, SET_WORDS, SKETCH_SLOT_DTYPE, WAYS
 from .sketch import SketchPlan
-from .table import read_live_entries, set_bits_for, window_stamps
+from .table import block_sets, read_live_entries, sets_for, window_stamps
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,12 @@ class Link:
             self.fd = -1
 
 
-# Sets per chunk when the table is read: 1.2 MB, whole pages (64 sets of 576 bytes are 9
-# pages). A chunk's live slots, gathered at once, stay below the daemon's 1 MiB mmap threshold
-# (memory.py) while the table is at most half full: glibc reuses that memory instead of
+# Sets per chunk when the table is read: one block (a key's two sets are in one), 1.2 MB,
+# whole pages (64 sets of 576 bytes are 9 pages). A chunk's live slots, gathered at once, stay
+# below the daemon's 1 MiB mmap threshold (memory.py) while the table holds at most max_entries
+# (2/3 of its slots: 0.6 MB of keys and values): glibc reuses that memory instead of
 # mapping fresh pages, and taking their faults, for every chunk.
-CHUNK_SETS = 2048
+CHUNK_SETS = BLOCK_SETS
 
 MAPS = ("sources", "port_filter", "stats", "sketches", "sketch_of_port")
 
@@ -234,10 +235,11 @@ class DataPath:
         directory = source_dir()
         self.clock = clock if clock is not None else kernel_clock()
         self.plan = plan if plan is not None else SketchPlan()
-        self.set_bits = set_bits_for(max_entries)
+        sets = sets_for(max_entries)
         cflags = [
             f"-I{directory}",
-            f"-DSET_BITS={self.set_bits}",
+            f"-DSETS={sets}",
+            f"-DBLOCK_SETS={block_sets(sets)}",
             f"-DNSKETCH={self.plan.sketches}",
             f"-DCLOCK_JIFFY_ZERO={self.clock.jiffy_zero}ULL",
             f"-DCLOCK_TICK_NS={self.clock.tick_ns}ULL",
@@ -256,7 +258,9 @@ class DataPath:
         self.sketches_fd: int = sketches.fd
         self.sketch_of_port_fd: int = self._maps["sketch_of_port"].fd
         self.sets = sources.max_entries
-        self.capacity = self.sets * WAYS
+        self.slots = self.sets * WAYS
+        # What the table holds exactly: max_entries, in SLOTS_PER_ENTRY times as many slots.
+        self.capacity = int(max_entries)
         self._sources_map: MappedArray | None = None  # the whole table, for table_words()
         self._last_read: int | None = None  # live entries at the last read: the next one's size
         self._sketches_map = MappedArray(

@@ -554,8 +554,8 @@ SETTINGS: tuple[Setting, ...] = (
         key="max_entries",
         flags=("--max-entries",),
         metavar="N",
-        help="Capacity of the kernel table of (interface, source, protocol, port) entries, "
-        "rounded up to a power of two; past it, a port's count is its sketch's estimate",
+        help="Capacity of the kernel table of (interface, source, protocol, port) entries: "
+        "sources it holds exactly; past it, a port's count is its sketch's estimate",
         file_types=(int,),
         check=partial(_check_int, low=1, high=MAX_ENTRIES_LIMIT),
         apply=Apply.MAP,

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-# Bumped whenever source_key, source_value, the set or the sketch slot change: a map pinned by
-# another layout is not read.
-LAYOUT_VERSION = 2
+# Bumped whenever source_key, source_value, the set or its tag word change: a table pinned by
+# another layout is not read (but see TABLE_READABLE_VERSIONS).
+TABLE_LAYOUT_VERSION = 3
+# Layout 2 had one set per key: its tag words are read as layout 3's (the SECONDARY bit was
+# part of the tag hash: a few more duplicate candidates, compared by key).
+TABLE_READABLE_VERSIONS = (2,)
+# Bumped whenever the sketch slot or sketch_of_port change.
+SKETCH_LAYOUT_VERSION = 2
 
 # struct source_key (24 bytes). IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d) in addr,
 # with family == 4; IPv6 addresses as they are, with family == 6. port is in host byte order.
@@ -43,10 +48,14 @@ WAYS = 8
 SLOT_DTYPE = np.dtype([("value", VALUE_DTYPE), ("key", KEY_DTYPE), ("unused", "<u8")])
 SET_WORDS = WAYS + WAYS * SLOT_DTYPE.itemsize // 8  # 72 64-bit words, 576 bytes
 SET_DTYPE = np.dtype([("tag", "<u8", (WAYS,)), ("way", SLOT_DTYPE, (WAYS,))])
-# A tag word: (the key hash's low 32 bits | 1) << 32 | ESTABLISHED | stamp (last seen >> 30).
+# A tag word: tag hash << 32 | ESTABLISHED | stamp (last seen >> 30); tag hash = the key hash's
+# low 32 bits with bit 0 set and bit 1 = SECONDARY (the key's alternate set holds the slot).
+# Each key has two sets in one block of BLOCK_SETS (table.py: primary_set, alternate_set).
 STAMP_SHIFT = 30
 STAMP_MASK = (1 << 31) - 1
 ESTABLISHED = 1 << 31
+SECONDARY = 2 << 32
+BLOCK_SETS = 2048
 
 # The sketch (struct sketch_slot): HLL_P index bits, one byte per register; RING slots per
 # sketch, one per tick of 2**TICK_SHIFT ns; sketches 0..3 are the "other ports" sketches.

@@ -104,7 +104,7 @@ def metric_families(view: View) -> Iterator[Metric]:
     )
     yield _gauge(
         "map_capacity",
-        "Capacity of the kernel sources table (max_entries rounded up to a power of two)",
+        "Sources the kernel table holds exactly (max_entries; it has 1.5 slots for each)",
         view.capacity,
     )
     yield CounterMetricFamily(

@@ -7,7 +7,8 @@ through mmap, writes what is still live into its own (table.place: where the ker
 each key; sketches by port and class, through the old process's sketch_of_port), then pins its
 own in the old ones' place. The pinned names carry the layout version, and a pinned map's type
 and sizes are checked before anything is read from it: a map of another layout is removed with
-a log line, never misread.
+a log line, never misread. A table of an earlier layout that this one can read (layout 2: the
+same sets and slots, one set per key) is carried over like one of its own, then removed.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from . import bpf_syscall
 from .bpf import DataPath, MappedArray
 from .bpf_syscall import BPFSyscallError, MapInfo, map_info
 from .layout import (
-    LAYOUT_VERSION,
     OTHER_SKETCHES,
     RING,
     SET_DTYPE,
     SET_WORDS,
+    SKETCH_LAYOUT_VERSION,
     SKETCH_SLOT_DTYPE,
+    TABLE_LAYOUT_VERSION,
+    TABLE_READABLE_VERSIONS,
 )
 from .sketch import CLASSES
 from .table import live_entries, place
@@ -38,10 +41,12 @@ log = logging.getLogger(__name__)
 BPF_MAP_TYPE_ARRAY = 2
 BPF_FS_MAGIC = 0xCAFE4A11
 
-SOURCES = f"sources_v{LAYOUT_VERSION}"
-SKETCHES = f"sketches_v{LAYOUT_VERSION}"
-SKETCH_OF_PORT = f"sketch_of_port_v{LAYOUT_VERSION}"
+SOURCES = f"sources_v{TABLE_LAYOUT_VERSION}"
+SKETCHES = f"sketches_v{SKETCH_LAYOUT_VERSION}"
+SKETCH_OF_PORT = f"sketch_of_port_v{SKETCH_LAYOUT_VERSION}"
 PINNED = (SOURCES, SKETCHES, SKETCH_OF_PORT)
+# Tables pinned by earlier layouts that this one reads (newest first).
+READABLE_SOURCES = tuple(f"sources_v{version}" for version in TABLE_READABLE_VERSIONS)
 _PINNED_NAMES = ("sources", "sketches", "sketch_of_port")
 
 
@@ -79,18 +84,34 @@ def restore_and_pin(directory: Path, datapath: DataPath, window: int) -> int:
     datapath's maps, then pin those there instead. Returns the table entries carried."""
     check_bpffs(directory)
     for stale in sorted(directory.glob("*_v*")):
-        if stale.name not in PINNED and stale.name.rsplit("_v", 1)[0] in _PINNED_NAMES:
+        if stale.name in PINNED or stale.name in READABLE_SOURCES:
+            continue
+        if stale.name.rsplit("_v", 1)[0] in _PINNED_NAMES:
             log.warning("removing %s: pinned by a version with another map layout", stale)
             stale.unlink()
     carried = 0
-    with _Pinned(directory / SOURCES, SET_DTYPE.itemsize) as old:
+    table = next(
+        (directory / name for name in (SOURCES, *READABLE_SOURCES) if (directory / name).exists()),
+        directory / SOURCES,
+    )
+    read_from = None
+    with _Pinned(table, SET_DTYPE.itemsize) as old:
         if old.mapped is not None:
+            read_from = old.path
             words = old.mapped.words(np.uint64).reshape(-1, SET_WORDS)
             keys, values = live_entries(words, datapath.clock.now_ns(), window)
             del words
             carried = place(datapath.table_words(), keys, values)
             datapath.unmap_table()
             log.info("carried %d of %d entries over from %s", carried, len(keys), old.path)
+    for name in READABLE_SOURCES:
+        if (directory / name).exists():
+            read = directory / name == read_from
+            log.info(
+                "removing %s: %s", directory / name,
+                f"its entries are in {SOURCES} now" if read else f"superseded by {SOURCES}",
+            )  # fmt: skip
+            (directory / name).unlink()
     with (
         _Pinned(directory / SKETCH_OF_PORT, 8) as ids,
         _Pinned(directory / SKETCHES, SKETCH_SLOT_DTYPE.itemsize) as sketches,

@@ -1,14 +1,15 @@
 """Kernel tests: the XDP program compiled once per test module, run with BPF_PROG_TEST_RUN.
 
-Compiling takes most of a second, so each module shares one DataPath (capacity CAPACITY: 16 sets
-of 8 slots); the `program` fixture gives every test an empty table and sketches and the
+Compiling takes most of a second, so each module shares one DataPath (capacity CAPACITY: 32 sets
+of 8 slots, one block); the `program` fixture gives every test an empty table and sketches and the
 every-port filter with a window of WINDOW seconds, and stats are compared as deltas around each
 frame, so tests never see each other's counts.
 
 The tests of the table, the sketches and pinning share two more programs for the whole session,
 emptied and configured the same way for every test: `wide` (room for every source a test sends;
-OWN_PORT has sketches of its own) and `small` (4096 slots, for floods; FLOODED_PORT, QUIET_PORT
-and OWN_PORT have sketches of their own, OWN_PORT's at other ids than in `wide`).
+OWN_PORT has sketches of its own; six blocks of sets) and `small` (room for 4096 entries, for
+floods; a power of two of sets; FLOODED_PORT, QUIET_PORT and OWN_PORT have sketches of their
+own, OWN_PORT's at other ids than in `wide`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from xdp_ip_counter.sketch import SketchPlan
 
 from .program import WINDOW, ProgramUnderTest
 
-CAPACITY = 128  # the smallest table: 16 sets (table.MIN_SET_BITS) of 8 ways
-WIDE_CAPACITY = 65536  # 8192 sets
-SMALL_CAPACITY = 4096  # 512 sets
+CAPACITY = 128  # 32 sets of 8 ways (table.sets_for): 256 slots, 16 alternates for a set
+WIDE_CAPACITY = 65536  # 12,288 sets: six blocks of table.BLOCK_SETS
+SMALL_CAPACITY = 4096  # 1024 sets, a power of two below a block
 OWN_PORT = 4242
 FLOODED_PORT = 1053
 QUIET_PORT = 2053

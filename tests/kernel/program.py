@@ -6,9 +6,11 @@ as a dict (read as the daemon reads them: through mmap, duplicates merged). `exp
 and asserts them in one go, which is what almost every test wants. `send` runs many frames and
 returns the stats and events delta over all of them, for the tests of the table as a whole.
 
-`Source` is one (address, port, protocol) with its frame and key; `set_index`, `spread` and
-`sharing_a_set` say where the kernel puts keys (the top bits of table.key_hash), so that a test
-can choose sources that fill a set, or that never overflow one.
+`Source` is one (address, port, protocol) with its frame and key. `key_sets` says which two
+sets the kernel may put a key in (written from record() in the C, not taken from table.py, so that
+the tests check table.py's mirror too) and `choose_sets` which of them it takes; `spread`,
+`within_reach`, `sharing_a_set` and `sharing_both_sets` choose sources with them, so that a test
+can have sources that never overflow a set, or that fill a key's two sets.
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ from xdp_ip_counter import bpf_syscall
 from xdp_ip_counter.bpf import DataPath
 from xdp_ip_counter.clock import kernel_clock_ns
 from xdp_ip_counter.config import PortFilter
-from xdp_ip_counter.layout import EVENTS, KEY_DTYPE, OUTCOMES, STAMP_MASK, STAMP_SHIFT
+from xdp_ip_counter.layout import (
+    BLOCK_SETS,
+    EVENTS,
+    KEY_DTYPE,
+    OUTCOMES,
+    STAMP_MASK,
+    STAMP_SHIFT,
+    WAYS,
+)
 from xdp_ip_counter.table import key_hash
 
 XDP_PASS = 2
@@ -78,10 +88,36 @@ def source_key(row: np.void) -> SourceKey:
     )  # fmt: skip
 
 
-def set_index(keys: np.ndarray, set_bits: int) -> np.ndarray:
-    """The set of each KEY_DTYPE key in a table of 2**set_bits sets: the top set_bits bits of
-    its hash (bpf/xdp_ip_counter.c, record())."""
-    return (key_hash(keys) >> np.uint64(64 - set_bits)).astype(np.int64)
+def key_sets(keys: np.ndarray, sets: int) -> tuple[np.ndarray, np.ndarray]:
+    """(primary, alternate) set of each KEY_DTYPE key in a table of `sets` sets, as record() in
+    bpf/xdp_ip_counter.c computes them from key_hash: the primary is the hash's top 32 bits
+    scaled to sets; the alternate is the primary xor an odd offset below the block (min(
+    BLOCK_SETS, sets) sets), from the hash's bits 16 and up."""
+    hashes = key_hash(keys)
+    primary = ((hashes >> np.uint64(32)) * np.uint64(sets)) >> np.uint64(32)
+    block = np.uint64(min(BLOCK_SETS, sets))
+    alternate = primary ^ (((hashes >> np.uint64(16)) & (block - np.uint64(1))) | np.uint64(1))
+    return primary.astype(np.int64), alternate.astype(np.int64)
+
+
+def choose_sets(
+    keys: np.ndarray, sets: int, occupied: np.ndarray | None = None, room: int = WAYS
+) -> np.ndarray:
+    """The set each new KEY_DTYPE key is given when the keys come one after another, one frame
+    each, to a table whose sets hold `occupied` live entries (none of them expiring meanwhile):
+    of its two sets, the one with more free slots, the primary on a tie (record()). -1 for a key
+    whose two sets already hold `room` entries each: with room = WAYS, a key that gives up
+    another's entry, in a slot of either set. `occupied` (sets,) is updated in place."""
+    if occupied is None:
+        occupied = np.zeros(sets, np.int64)
+    primary, alternate = key_sets(keys, sets)
+    chosen = np.full(len(keys), -1, np.int64)
+    for n, (p, a) in enumerate(zip(primary.tolist(), alternate.tolist(), strict=True)):
+        emptier = a if occupied[a] < occupied[p] else p
+        if occupied[emptier] < room:
+            occupied[emptier] += 1
+            chosen[n] = emptier
+    return chosen
 
 
 def stamp_of(ns: int) -> int:
@@ -119,28 +155,54 @@ def addresses(first: str, count: int) -> list[str]:
     return [str(base + n) for n in range(count)]
 
 
-def spread(sources: Sequence[Source], ifindex: int, set_bits: int, per_set: int) -> list[Source]:
-    """The sources, in order, leaving out each one whose set already has per_set of them: a
-    table of 2**set_bits sets given these never has more than per_set of them in a set."""
-    sets = set_index(key_array([s.key(ifindex) for s in sources]), set_bits)
-    taken = np.zeros(1 << set_bits, np.int64)
+def spread(sources: Sequence[Source], ifindex: int, sets: int, per_set: int) -> list[Source]:
+    """The sources, in order, leaving out each one that would find both its sets holding
+    per_set of the others: sent in this order (one frame each, to an empty table of `sets`
+    sets), they never put more than per_set entries in a set. A prefix keeps that."""
+    keys = key_array([s.key(ifindex) for s in sources])
+    chosen = choose_sets(keys, sets, room=per_set)
+    return [source for source, where in zip(sources, chosen.tolist(), strict=True) if where >= 0]
+
+
+def within_reach(sources: Sequence[Source], ifindex: int, sets: int, per_set: int) -> list[Source]:
+    """The sources, in order, leaving out each one with a set that is already a set of per_set
+    of the others: wherever the kernel or table.place puts them, in whatever order, no set of a
+    table of `sets` sets holds more than per_set of them (each key once)."""
+    primary, alternate = key_sets(key_array([s.key(ifindex) for s in sources]), sets)
+    reach = np.zeros(sets, np.int64)
     kept = []
-    for source, index in zip(sources, sets.tolist(), strict=True):
-        if taken[index] < per_set:
-            taken[index] += 1
+    for source, p, a in zip(sources, primary.tolist(), alternate.tolist(), strict=True):
+        if reach[p] < per_set and reach[a] < per_set:
+            reach[p] += 1
+            reach[a] += 1
             kept.append(source)
     return kept
 
 
 def sharing_a_set(
-    candidates: Sequence[Source], ifindex: int, set_bits: int, count: int
+    candidates: Sequence[Source], ifindex: int, sets: int, count: int
 ) -> tuple[int, list[Source]]:
-    """count of the candidates whose keys fall into one set, and that set's index."""
-    sets = set_index(key_array([s.key(ifindex) for s in candidates]), set_bits)
-    fullest = int(np.bincount(sets).argmax())
-    members = [c for c, index in zip(candidates, sets.tolist(), strict=True) if index == fullest]
+    """count of the candidates whose keys have one primary set, and that set's index."""
+    primary, _ = key_sets(key_array([s.key(ifindex) for s in candidates]), sets)
+    fullest = int(np.bincount(primary).argmax())
+    members = [c for c, index in zip(candidates, primary.tolist(), strict=True) if index == fullest]
     assert len(members) >= count, f"only {len(members)} candidates share a set: give more"
     return fullest, members[:count]
+
+
+def sharing_both_sets(
+    candidates: Sequence[Source], ifindex: int, sets: int, count: int
+) -> tuple[tuple[int, int], list[Source]]:
+    """count of the candidates whose keys have the same two sets (either one the primary), and
+    those two sets, lower index first: when they are full, a new key of them has to give up
+    the entry of another."""
+    primary, alternate = key_sets(key_array([s.key(ifindex) for s in candidates]), sets)
+    pairs = np.minimum(primary, alternate) * sets + np.maximum(primary, alternate)
+    values, counts = np.unique(pairs, return_counts=True)
+    fullest = int(values[counts.argmax()])
+    members = [c for c, pair in zip(candidates, pairs.tolist(), strict=True) if pair == fullest]
+    assert len(members) >= count, f"only {len(members)} candidates share two sets: give more"
+    return divmod(fullest, sets), members[:count]
 
 
 def only(outcome: str, count: int = 1) -> dict[str, int]:

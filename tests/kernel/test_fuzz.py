@@ -49,7 +49,7 @@ from xdp_ip_counter.layout import OUTCOMES
 from .program import TCP, UDP, WINDOW, XDP_PASS
 
 DEFAULT_FRAMES = 20_000
-# The sources table is emptied before every chunk and has four chunks' worth of slots (4096 sets
+# The sources table is emptied before every chunk and has six chunks' worth of slots (6144 sets
 # of 8 ways), so a chunk's keys (about a thousand) never fill a set: nothing is evicted (each
 # chunk checks the evicted event) and "new" vs "known" key is exactly predictable.
 CHUNK_FRAMES = 8192
@@ -586,7 +586,7 @@ def test_fuzz(fuzz_target: FuzzTarget) -> None:
         )
         evicted = target.datapath.read_events()["evicted"] - evicted_before
         assert evicted == 0, (
-            f"chunk {chunk}: {evicted} entries evicted from a table of {CAPACITY} slots; {replay}"
+            f"chunk {chunk}: {evicted} entries evicted from a table of {CAPACITY} entries; {replay}"
         )
         table = target.table()
         for key, value in table.items():

@@ -29,6 +29,7 @@ from xdp_ip_counter.layout import (
     VALUE_DTYPE,
     WAYS,
 )
+from xdp_ip_counter.table import SLOTS_PER_ENTRY, sets_for
 
 from .conftest import CAPACITY
 
@@ -141,16 +142,18 @@ def _define(name: str) -> int:
 
 @pytest.mark.parametrize(
     "name",
-    ["WAYS", "STAMP_SHIFT", "STAMP_MASK", "ESTABLISHED", "HLL_P", "RING", "TICK_SHIFT",
-     "OTHER_SKETCHES"],
+    ["WAYS", "STAMP_SHIFT", "STAMP_MASK", "ESTABLISHED", "SECONDARY", "BLOCK_SETS", "HLL_P",
+     "RING", "TICK_SHIFT", "OTHER_SKETCHES"],
 )  # fmt: skip
 def test_constants_match_the_c_source(name: str) -> None:
+    """BLOCK_SETS is the C's default; DataPath compiles it with table.block_sets(sets)."""
     assert getattr(layout, name) == _define(name)
 
 
 def test_map_sizes(datapath: DataPath) -> None:
     assert datapath.table("stats").max_entries == len(OUTCOMES) + len(EVENTS)
-    assert datapath.table("sources").max_entries == datapath.sets == CAPACITY // WAYS
+    assert datapath.table("sources").max_entries == datapath.sets == sets_for(CAPACITY)
+    assert datapath.slots == datapath.sets * WAYS >= CAPACITY * SLOTS_PER_ENTRY
     assert datapath.capacity == CAPACITY
     assert datapath.table("port_filter").max_entries == 1
     assert datapath.table("sketches").max_entries == datapath.plan.sketches * RING

@@ -1,7 +1,9 @@
 """Pinning (xdp_ip_counter/pinning.py): restore_and_pin carries the live entries and the sketch
 rings of the maps pinned by one DataPath into another's, also of another capacity and with the
 port's sketch at other ids, where the kernel then finds them; an entry older than the window
-stays behind; a pinned map of another layout is replaced with a log line, not misread.
+stays behind; a table pinned by layout 2 (sources_v2: one set per key) is carried over the same
+way and its pin removed; a pinned map of another layout is replaced with a log line, not
+misread.
 
 The pins go to a directory made here under /sys/fs/bpf (bpffs mounted there for the test if it
 is not), removed whatever happens.
@@ -20,10 +22,20 @@ import numpy as np
 import pytest
 
 from xdp_ip_counter import bpf_syscall
-from xdp_ip_counter.layout import RING, SET_DTYPE, SKETCH_SLOT_DTYPE, VALUE_DTYPE, WAYS
+from xdp_ip_counter.bpf import MappedArray
+from xdp_ip_counter.layout import (
+    ESTABLISHED,
+    RING,
+    SET_DTYPE,
+    SKETCH_SLOT_DTYPE,
+    STAMP_MASK,
+    STAMP_SHIFT,
+    VALUE_DTYPE,
+    WAYS,
+)
 from xdp_ip_counter.pinning import PINNED, SKETCH_OF_PORT, SKETCHES, SOURCES, restore_and_pin
 from xdp_ip_counter.sketch import CLASSES, sketch_class
-from xdp_ip_counter.table import place
+from xdp_ip_counter.table import key_hash, place
 
 from .conftest import OWN_PORT
 from .program import (
@@ -32,11 +44,12 @@ from .program import (
     WINDOW,
     ProgramUnderTest,
     Source,
+    SourceValue,
     addresses,
     key_array,
     only,
     source_key,
-    spread,
+    within_reach,
 )
 
 pytestmark = pytest.mark.root
@@ -97,7 +110,7 @@ def raw_keys(program: ProgramUnderTest) -> set:
 def test_entries_and_sketches_are_carried_into_a_table_of_another_capacity(
     wide: ProgramUnderTest, small: ProgramUnderTest, pin_dir: Path
 ) -> None:
-    """wide (8192 sets; OWN_PORT's sketches at ids 4..7) pins its maps; small (512 sets; the
+    """wide (12,288 sets; OWN_PORT's sketches at ids 4..7) pins its maps; small (1024 sets; the
     same port's at ids 12..15) carries them over and pins its own instead, then wide again
     from small's: the same entries each time (first and last seen, packets, bytes), found by
     the kernel where they were placed, and the same sketch rings; an entry last seen longer
@@ -121,12 +134,15 @@ def test_entries_and_sketches_are_carried_into_a_table_of_another_capacity(
             candidates.append(
                 Source(address, (OWN_PORT, OTHER_PORT)[n % 2], (UDP, TCP)[n // 2 % 2])
             )
-    # at most WAYS - 1 per set of the smaller table (and so of the larger): the stale entry's
-    # set keeps room, and no set of either table overflows
-    sources = spread(candidates, wide.default_ifindex, small.datapath.set_bits, WAYS - 1)
+    # Wherever the kernel (wide) or table.place (small, then wide again) puts them, no set of
+    # either table gets more than WAYS of them (in wide's, the stale entry counted too).
+    in_reach = within_reach([stale, *candidates], wide.default_ifindex, wide.datapath.sets, WAYS)
+    assert in_reach[0] == stale
+    sources = within_reach(in_reach[1:], wide.default_ifindex, small.datapath.sets, WAYS)
     sent = wide.send(s.frame for s in sources)
     wide.send(s.frame for s in sources[::3])  # some established
     assert sent["recorded_new"] == len(sources)
+    assert sent["evicted"] == 0
     before = wide.sources()
     assert wide.key(stale) in before, "the stale entry is within the first window"
     del before[wide.key(stale)]
@@ -156,22 +172,25 @@ def test_entries_and_sketches_are_carried_into_a_table_of_another_capacity(
     for key, value in before.items():
         assert after[key].packets == value.packets + 1, key
         assert after[key].first_seen == value.first_seen, key
+    # as small pins them: those frames fill a new tick's slot if a tick (8.6 s) began meanwhile
+    pinned_rings = {label: ring(small, sketch_of(small, *label)) for label in rings}
 
     wide.clear()
     assert restore_and_pin(pin_dir, wide.datapath, WINDOW) == len(sources)
     assert wide.sources() == after
-    for label, expected in rings.items():
+    for label, expected in pinned_rings.items():
         got = ring(wide, sketch_of(wide, *label))
-        assert np.array_equal(got["reg"], expected["reg"]), label
+        for field in ("tick", "lost", "reg"):
+            assert np.array_equal(got[field], expected[field]), (label, field)
     assert pinned_info(pin_dir / SOURCES).max_entries == wide.datapath.sets
 
 
 def test_pinned_maps_of_another_layout_are_replaced_not_read(
     wide: ProgramUnderTest, pin_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A sources_v2 of the wrong value size, a sketches_v2 of the wrong type and an older
-    version's sources_v1: the first two are replaced (logged, nothing read from them), the
-    last removed (logged); the program counts as usual."""
+    """A sources table of this layout's name but the wrong value size, a sketches_v2 of the
+    wrong type and an older version's sources_v1: the first two are replaced (logged, nothing
+    read from them), the last removed (logged); the program counts as usual."""
     pin_dir.mkdir(parents=True)
     maps = {
         SOURCES: ("array", 4, 8),
@@ -203,3 +222,126 @@ def test_pinned_maps_of_another_layout_are_replaced_not_read(
     assert not wide.datapath.read_sketches()["reg"].any()
     source = Source("10.121.0.2", 22, TCP)
     wide.expect(source.frame, "recorded_new", {wide.key(source): (1, source.frame.ip_length)})
+
+
+# Layout 2's table: one set per key (the top bits of its hash), 576-byte sets as now, tag word
+# (the hash's low 32 bits | 1) << 32 | ESTABLISHED | stamp: bit 1 was part of the tag hash.
+LAYOUT_2_SOURCES = "sources_v2"
+LAYOUT_2_SETS = 512  # what layout 2 made for 4096 entries
+BPF_F_MMAPABLE = 1 << 10
+
+
+def pin_layout_2_table(path: Path, slots: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Pin at path a table as layout 2 wrote it, holding these (key, value) slots: each in the
+    set of its key's top hash bits, in the next way of that set (a key given twice is in two
+    slots, as two CPUs claiming it at once left it)."""
+    subprocess.run(
+        ["bpftool", "map", "create", str(path), "type", "array", "key", "4",
+         "value", str(SET_DTYPE.itemsize), "entries", str(LAYOUT_2_SETS), "name", "sources",
+         "flags", str(BPF_F_MMAPABLE)],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    fd = bpf_syscall.obj_get(str(path))
+    try:
+        mapped = MappedArray(fd, SET_DTYPE.itemsize, LAYOUT_2_SETS)
+    finally:
+        os.close(fd)
+    try:
+        table = mapped.words(np.uint64).view(SET_DTYPE)
+        set_bits = LAYOUT_2_SETS.bit_length() - 1
+        used = np.zeros(LAYOUT_2_SETS, np.int64)
+        for key, value in slots:
+            hash_ = int(key_hash(key)[0])
+            index = hash_ >> (64 - set_bits)
+            way = int(used[index])
+            assert way < WAYS, "more keys than ways in a set of the layout 2 table"
+            used[index] += 1
+            table["way"][index, way]["key"] = key[0]
+            table["way"][index, way]["value"] = value
+            established = ESTABLISHED if int(value["packets"]) > 1 else 0
+            stamp = (int(value["last_seen"]) >> STAMP_SHIFT) & STAMP_MASK
+            table["tag"][index, way] = ((hash_ & 0xFFFF_FFFF) | 1) << 32 | established | stamp
+        del table
+    finally:
+        mapped.close()
+
+
+def test_a_table_pinned_by_layout_2_is_carried_over_and_its_pin_removed(
+    wide: ProgramUnderTest, pin_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A table pinned as sources_v2 by layout 2 (one set per key; about half of the tag words
+    with bit 1 set, which layout 3 reads as SECONDARY), holding live entries, one key twice (in
+    two slots of its set, as a race left it) and an entry older than the new window: the live
+    entries are carried into the new table (the key in two slots as one entry, its counts
+    added), where the kernel finds them; the old entry stays behind; sources_v2 is removed
+    (logged) and the new table pinned under its own name."""
+    pin_dir.mkdir(parents=True)
+    now = wide.datapath.clock.now_ns()
+    old = 3 * CARRY_WINDOW * 1_000_000_000
+    assert now > old, "the machine has been up for less than 30 s"
+    candidates = []  # every class, to OWN_PORT and OTHER_PORT
+    for first in ("10.122.0.0", "fd00:122::"):
+        for n, address in enumerate(addresses(first, 300)):
+            candidates.append(
+                Source(address, (OWN_PORT, OTHER_PORT)[n % 2], (UDP, TCP)[n // 2 % 2])
+            )
+    stale = Source("10.122.9.9", OWN_PORT)
+    # at most WAYS - 2 keys per set of the layout 2 table (room for the doubled key's second
+    # slot and the stale entry), and within reach of WAYS in the new one: every live entry
+    # fits wherever table.place puts it
+    in_reach = within_reach([stale, *candidates], wide.default_ifindex, wide.datapath.sets, WAYS)
+    assert in_reach[0] == stale
+    top = LAYOUT_2_SETS.bit_length() - 1
+    per_set = np.zeros(LAYOUT_2_SETS, np.int64)
+    sources = []
+    for source in in_reach[1:]:
+        index = int(key_hash(key_array([wide.key(source)]))[0]) >> (64 - top)
+        if per_set[index] < WAYS - 2:
+            per_set[index] += 1
+            sources.append(source)
+    doubled = sources[0]
+
+    def value(first_seen: int, last_seen: int, packets: int, source: Source) -> np.ndarray:
+        row = np.zeros(1, VALUE_DTYPE)
+        row[0] = (first_seen, last_seen, packets, packets * source.frame.ip_length)
+        return row[0]
+
+    slots, expected = [], {}
+    for n, source in enumerate(sources):
+        packets = 1 + n % 3
+        first_seen, last_seen = now - 5_000_000 - n, now - n % 7 * 1_000_000
+        slots.append((key_array([wide.key(source)]), value(first_seen, last_seen, packets, source)))
+        expected[wide.key(source)] = (first_seen, last_seen, packets)
+    first_seen, last_seen, packets = expected[wide.key(doubled)]
+    slots.append(  # the race's second slot: earlier first seen, later last seen
+        (key_array([wide.key(doubled)]), value(first_seen - 7, last_seen + 9, 2, doubled))
+    )
+    expected[wide.key(doubled)] = (first_seen - 7, last_seen + 9, packets + 2)
+    slots.append((key_array([wide.key(stale)]), value(now - old, now - old, 4, stale)))
+    pin_layout_2_table(pin_dir / LAYOUT_2_SOURCES, slots)
+    hashes = key_hash(key_array([wide.key(s) for s in sources]))
+    bit_1 = int(np.count_nonzero(hashes & np.uint64(2)))
+    assert 0 < bit_1 < len(sources), "tag words of layout 2 with and without bit 1"
+
+    caplog.set_level(logging.INFO, logger="xdp_ip_counter.pinning")
+    carried = restore_and_pin(pin_dir, wide.datapath, CARRY_WINDOW)
+    assert carried == len(sources)
+    assert f"removing {pin_dir / LAYOUT_2_SOURCES}" in caplog.text
+    assert sorted(p.name for p in pin_dir.iterdir()) == sorted(PINNED)
+    assert pinned_info(pin_dir / SOURCES) == bpf_syscall.MapInfo(
+        BPF_MAP_TYPE_ARRAY, 4, SET_DTYPE.itemsize, wide.datapath.sets
+    )
+    lengths = {wide.key(s): s.frame.ip_length for s in sources}
+    assert wide.sources() == {
+        key: SourceValue(first_seen, last_seen, packets, packets * lengths[key])
+        for key, (first_seen, last_seen, packets) in expected.items()
+    }
+    assert wide.key(stale) not in raw_keys(wide)
+
+    delta = wide.send(s.frame for s in sources)
+    assert {name: delta[name] for name in only("recorded")} == only("recorded", len(sources))
+    assert delta["evicted"] == 0
+    after = wide.sources()
+    assert {key: after[key].packets for key in after} == {
+        key: packets + 1 for key, (_, _, packets) in expected.items()
+    }

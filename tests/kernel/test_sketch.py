@@ -120,7 +120,7 @@ def test_the_estimate_of_20000_sources(wide: ProgramUnderTest) -> None:
     registers are the same addresses' sketch at p = 12."""
     datapath, plan = wide.datapath, wide.datapath.plan
     candidates = [Source(a, OWN_PORT) for a in addresses("10.110.0.0", 26_000)]
-    sources = spread(candidates, wide.default_ifindex, datapath.set_bits, WAYS)[:20_000]
+    sources = spread(candidates, wide.default_ifindex, datapath.sets, WAYS)[:20_000]
     assert len(sources) == 20_000
     delta = wide.send(s.frame for s in sources)
     assert {name: delta[name] for name in only("recorded")} == only("recorded_new", 20_000)

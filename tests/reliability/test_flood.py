@@ -2,7 +2,7 @@
 steady client keeps talking; reading a full table; and what the daemon holds in memory per
 table entry. (The sketch's count under a flood: test_sketch_flood.py.)
 
-The flood test (root) sends XIC_FLOOD_FRAMES frames (default 500000, about 20 s with the daemon's
+The flood test (root) sends XIC_FLOOD_FRAMES frames (default 800000, about 30 s with the daemon's
 start-up) with trafgen from the client namespace of the e2e lab to the host-side veth, where the
 daemon is attached with the default max_entries (262144), watching the steady port and the
 flooded port. Afterwards the daemon must be alive and answering, the kernel table full but its
@@ -36,12 +36,13 @@ from xdp_ip_counter import bpf_syscall
 from xdp_ip_counter.config import Settings
 from xdp_ip_counter.layout import KEY_DTYPE, SLOT_DTYPE, VALUE_DTYPE, WAYS
 from xdp_ip_counter.routes import LIST_CHUNK_ROWS, MAX_LIST_RENDERS, list_json_chunks
+from xdp_ip_counter.table import sets_for
 from xdp_ip_counter.window import ACTIVE_DTYPE, Snapshot, active_set, stale_keys
 
 from .flood import Flood, KernelTable, SteadyClient, trafgen_config, trafgen_path
 from .readings import PREFIX, frames_seen, outcome, scrape
 
-DEFAULT_FRAMES = 500_000
+DEFAULT_FRAMES = 800_000
 STEADY_PORT = 22
 FLOOD_PORT = 53
 DAEMON_SETTINGS = {"window": 10, "refresh_interval": 1, "serve_ip_list": True}
@@ -70,11 +71,12 @@ LIST_TEXT_BYTES_PER_ROW = 1152
 ALLOCATOR_HEADROOM = 1.25
 
 
-def rss_bound_bytes(max_entries: int) -> int:
-    """How much the daemon's RSS may grow above its idle size with a full map of max_entries."""
+def rss_bound_bytes(slots: int) -> int:
+    """How much the daemon's RSS may grow above its idle size with a full map of so many slots
+    (1.5 per entry of max_entries): each slot can hold a live entry past capacity."""
     per_entry = SNAPSHOT_BYTES_PER_ENTRY + VIEW_BYTES_PER_ENTRY + WINDOW_WORKING_BYTES_PER_ENTRY
     lists = MAX_LIST_RENDERS * LIST_CHUNK_ROWS * LIST_TEXT_BYTES_PER_ROW
-    return int(ALLOCATOR_HEADROOM * per_entry * max_entries) + lists
+    return int(ALLOCATOR_HEADROOM * per_entry * slots) + lists
 
 
 # -- reading the daemon from outside -------------------------------------------------------------
@@ -116,11 +118,13 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
     require(trafgen_path(), "needs trafgen (Debian package netsniff-ng)")
     require(shutil.which("bpftool"), "needs bpftool (Debian package bpftool)")
     capacity = Settings().max_entries
+    slots = sets_for(capacity) * WAYS  # 1.5 per entry: past capacity, each can hold an entry
     frames = env_int(
         "XIC_FLOOD_FRAMES",
         DEFAULT_FRAMES,
-        capacity * 3 // 2,
-        " (1.5 times the default capacity), or the map barely fills and the test proves little",
+        slots * 3 // 2,
+        " (1.5 times the default table's slots), or the map barely fills and the test proves"
+        " little",
     )
     link = lab.links[0]
     source = link.client_v4[0]
@@ -131,7 +135,7 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
     started_metrics = scrape(daemon)
     assert started_metrics[PREFIX + "map_capacity"] == capacity, "not the default capacity"
     table = KernelTable.of_interface(link.host_if)
-    assert table.slots == capacity, f"{table.sets} sets of {WAYS} slots for {capacity} entries"
+    assert table.slots == slots, f"{table.sets} sets of {WAYS} slots for {capacity} entries"
 
     # The steady client's frames must not wait for ARP answers lost in the flood.
     host_mac = json.loads(ip("-j", "link", "show", "dev", link.host_if).stdout)[0]["address"]
@@ -213,7 +217,7 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
     after = scrape(daemon)
     peak_kib = max([memory_kib(pid)["VmHWM"], *(s.rss_kib for s in samples)])
     growth = (peak_kib - baseline_kib) * 1024
-    bound = rss_bound_bytes(capacity)
+    bound = rss_bound_bytes(slots)
     seen = frames_seen(after) - frames_seen(before)
     inserted = outcome(after, "recorded_new") - outcome(before, "recorded_new")
     insert_failed = outcome(after, "insert_failed") - outcome(before, "insert_failed")
@@ -228,20 +232,21 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
             sample.steady_listed
         )
     slowest_scrape = max(s.scrape_seconds for s in samples) if samples else float("nan")
-    full_at = [s.at for s in samples if s.entries >= 0.98 * capacity]
+    full_at = [s.at for s in samples if s.entries >= 0.98 * slots]
     entries_after = after[PREFIX + "map_entries"]
     summary = (
         f"flood: {report.sent} frames sent in {report.seconds:.1f} s "
         f"({report.sent / report.seconds:,.0f}/s), {seen:.0f} seen by XDP, {inserted:.0f} new keys "
         f"inserted, {insert_failed:.0f} insert failures, evictions metric {evictions}; map "
-        f"entries max {max((s.entries for s in samples), default=0):.0f} of {capacity} (full from "
+        f"entries max {max((s.entries for s in samples), default=0):.0f} of {slots} slots "
+        f"(full from "
         f"{min(full_at, default=float('nan')):.1f} s), {entries_after:.0f} after it; "
         f"kernel table {quiet_count} slots claimed after it ({max(kernel_counts, default=0)} at "
         f"most in {len(kernel_counts)} reads racing it), "
         f"memlock {table.bytes_memlock} bytes; "
         f"RSS {baseline_kib} KiB idle, peak {peak_kib} KiB: "
         f"+{growth / 2**20:.1f} MiB, bound +{bound / 2**20:.1f} MiB "
-        f"({growth / capacity:.0f} of {bound / capacity:.0f} bytes per entry); steady client "
+        f"({growth / slots:.0f} of {bound / slots:.0f} bytes per slot); steady client "
         f"({steady.sent()} sent) listed in {sum(refreshes.values())} of {len(refreshes)} "
         f"refreshes seen during the flood; slowest scrape {slowest_scrape:.2f} s; "
         f"{refresh_failures:.0f} failed refreshes"
@@ -252,19 +257,19 @@ def test_spoofed_source_flood(lab: Lab, start_daemon, spawned: list, tmp_path: P
     assert seen >= 0.5 * frames, f"most of the flood never reached the program: {summary}"
     assert samples, f"the flood ended before a single sample: {summary}"
     assert all(s.capacity == capacity for s in samples), summary
-    assert all(s.entries <= capacity for s in samples), f"map above capacity: {summary}"
-    assert 0.98 * capacity <= quiet_count <= capacity, f"kernel table not full: {summary}"
+    assert all(s.entries <= slots for s in samples), f"map above its slots: {summary}"
+    assert 0.98 * slots <= quiet_count <= slots, f"kernel table not full: {summary}"
     assert table.memlock() == table.bytes_memlock, f"the table's memory grew: {summary}"
     assert growth <= bound, f"RSS grew beyond the bound: {summary}"
-    # The pressure an operator sees: the map full (entries == capacity) while new keys keep
-    # coming (recorded_new growing far past the capacity), or insert failures.
-    assert full_at or entries_after >= 0.98 * capacity, (
-        f"map_entries never reached the capacity: {summary}"
+    # The pressure an operator sees: the map full (entries == its slots, past capacity) while
+    # new keys keep coming (recorded_new growing far past the slots), or insert failures.
+    assert full_at or entries_after >= 0.98 * slots, (
+        f"map_entries never reached the table's slots: {summary}"
     )
-    assert inserted > capacity or insert_failed > 0, f"no sign of the pressure: {summary}"
+    assert inserted > slots or insert_failed > 0, f"no sign of the pressure: {summary}"
     # Every new key beyond the free slots gave up a live entry (nothing left the window while the
     # flood ran).
-    assert 0.9 * (inserted - capacity) <= evictions <= inserted, (
+    assert 0.9 * (inserted - slots) <= evictions <= inserted, (
         f"{evictions_name} does not match the new keys the full map took: {summary}"
     )
     assert steady.alive() and steady.sent() > 0, summary
@@ -303,7 +308,7 @@ def test_a_full_churned_table_reads_every_entry_once() -> None:
     datapath = DataPath(FULL_TABLE_CAPACITY)
     try:
         datapath.configure(PortFilter.all(), window=60)
-        sent = 3 * datapath.capacity
+        sent = 3 * datapath.slots
         for frame in _udp_frames_from(first_source, sent):
             bpf_syscall.prog_test_run(datapath.prog_fd, frame)
         keys, values, _ = datapath.read_sources()
@@ -315,7 +320,7 @@ def test_a_full_churned_table_reads_every_entry_once() -> None:
         datapath.close()
     assert datapath.capacity == FULL_TABLE_CAPACITY
     assert (stats["recorded_new"], stats["insert_failed"]) == (sent, 0), stats
-    assert claimed >= 0.98 * FULL_TABLE_CAPACITY, f"{claimed} slots claimed: not full"
+    assert claimed >= 0.98 * datapath.slots, f"{claimed} of {datapath.slots} slots claimed"
     assert len(keys) == claimed, f"{len(keys)} entries read from {claimed} claimed slots"
     addresses = np.ascontiguousarray(keys["addr"]).view(np.uint8).reshape(-1, 16)
     sources = np.ascontiguousarray(addresses[:, 12:]).view(">u4").ravel()

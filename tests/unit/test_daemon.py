@@ -44,7 +44,7 @@ from xdp_ip_counter.sketch import (
     registers,
     relative_standard_error,
 )
-from xdp_ip_counter.table import live_entries, place, set_bits_for
+from xdp_ip_counter.table import live_entries, place, sets_for
 
 S = 1_000_000_000
 TICK = 1 << TICK_SHIFT
@@ -69,8 +69,9 @@ class TableDataPath:
 
     def __init__(self, max_entries: int = 1024, plan: SketchPlan | None = None) -> None:
         self.plan = plan if plan is not None else SketchPlan()
-        self.sets = 1 << set_bits_for(max_entries)
-        self.capacity = self.sets * WAYS
+        self.sets = sets_for(max_entries)
+        self.slots = self.sets * WAYS
+        self.capacity = max_entries
         self.words = np.zeros((self.sets, SET_WORDS), "<u8")
         self.slots = np.zeros(self.plan.sketches * RING, SKETCH_SLOT_DTYPE)
         self.now_ns = NOW
@@ -233,7 +234,7 @@ def test_start_configures_the_kernel_and_the_first_refresh_reads_the_table() -> 
     assert view is not None
     assert view.active.count_map() == {(4, 6, 22): 3, (4, 17, 53): 1}
     assert view.entries_in_map == 4
-    assert view.capacity == 128  # max_entries 100, rounded up: the kernel's, not the setting
+    assert view.capacity == 100  # the datapath's: what its table holds exactly (max_entries)
     assert view.evictions == 4  # the kernel's count
     assert view.stats["recorded_new"] == 7
     assert view.sketches is not None

@@ -12,7 +12,7 @@ import yaml
 
 from xdp_ip_counter.config import RESTART_FIELDS, SETTING_BY_KEY, SETTINGS, Setting, load_file
 from xdp_ip_counter.layout import SET_DTYPE, WAYS
-from xdp_ip_counter.table import set_bits_for
+from xdp_ip_counter.table import SLOTS_PER_ENTRY, sets_for
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -25,12 +25,12 @@ ROLE_WITHOUT_VARIABLE = {"refresh_interval", "web_config_file"}
 
 # Kernel memory per entry of the sources table: an array map (BPF_F_MMAPABLE) of 576-byte sets of
 # 8 slots (a line of 8 tag words, then 8 slots of 64 bytes: the 32-byte value, the 24-byte key,
-# 8 unused bytes), so 72 bytes per slot; the array's elements are all the memory it charges,
-# apart from its header and the rounding up to a page. The capacity is max_entries rounded up
-# to a power of two (a power of two of sets, at least 16 of them).
-KERNEL_BYTES_PER_ENTRY = 72
+# 8 unused bytes), so 72 bytes per slot, and 1.5 slots per entry of max_entries (table.sets_for:
+# whole blocks of sets, or a power of two of them for small tables); the array's elements are
+# all the memory it charges, apart from its header and the rounding up to a page.
+KERNEL_BYTES_PER_ENTRY = 108
 DEFAULT_MAX_ENTRIES = SETTING_BY_KEY["max_entries"].default
-DEFAULT_CAPACITY = (1 << set_bits_for(DEFAULT_MAX_ENTRIES)) * WAYS
+DEFAULT_TABLE_BYTES = sets_for(DEFAULT_MAX_ENTRIES) * SET_DTYPE.itemsize
 
 TOML_TYPE_NAMES = {int: "integer", str: "string", bool: "boolean", list: "list of"}
 
@@ -215,8 +215,9 @@ def test_role_readme_does_not_list_the_package_dependencies() -> None:
 
 def test_kernel_memory_per_entry_is_a_slot_of_the_table_layout() -> None:
     assert SET_DTYPE.itemsize == 576
-    assert SET_DTYPE.itemsize / WAYS == KERNEL_BYTES_PER_ENTRY
-    assert DEFAULT_CAPACITY == DEFAULT_MAX_ENTRIES  # the default is a power of two already
+    assert SET_DTYPE.itemsize / WAYS * SLOTS_PER_ENTRY == KERNEL_BYTES_PER_ENTRY
+    # the default fills whole blocks: exactly 1.5 slots per entry
+    assert DEFAULT_TABLE_BYTES == KERNEL_BYTES_PER_ENTRY * DEFAULT_MAX_ENTRIES
 
 
 @pytest.mark.parametrize(
@@ -229,7 +230,7 @@ def test_kernel_memory_per_entry_is_the_table_figure(path: Path) -> None:
     figures = re.findall(r"(?:about )?(\d+) bytes of kernel memory per entry", text, re.I)
     assert figures, f"{path.name} gives no figure of kernel memory per entry"
     assert set(figures) == {str(KERNEL_BYTES_PER_ENTRY)}
-    default_mib = round(KERNEL_BYTES_PER_ENTRY * DEFAULT_CAPACITY / 2**20)
+    default_mib = round(DEFAULT_TABLE_BYTES / 2**20)
     mibs = re.findall(r"\((\d+) MiB at the default\)", text)
     assert mibs, f"{path.name} gives no size of the default table"
     assert set(mibs) == {str(default_mib)}

@@ -1,8 +1,8 @@
 """table.py: the kernel's sources table as numpy reads it, on tables written here the way
 bpf/xdp_ip_counter.c writes them (a line of 8 tag words, then 8 slots of 64 bytes per set).
 
-Where a key goes (its set, its tag word) is written out here from the C, over table.key_hash;
-that key_hash is the kernel's own is for tests/kernel, which runs the program.
+Where a key goes (its two sets, its tag word) is written out here from the C, over
+table.key_hash; that key_hash is the kernel's own is for tests/kernel, which runs the program.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from xdp_ip_counter.layout import (
+    BLOCK_SETS,
     ESTABLISHED,
     KEY_DTYPE,
+    SECONDARY,
     SET_DTYPE,
     SET_WORDS,
     SLOT_DTYPE,
@@ -26,12 +28,13 @@ from xdp_ip_counter.layout import (
     WAYS,
 )
 from xdp_ip_counter.table import (
-    MIN_SET_BITS,
+    MIN_SETS,
+    SLOTS_PER_ENTRY,
     key_hash,
     live_entries,
     place,
     read_live_entries,
-    set_bits_for,
+    sets_for,
     window_stamps,
 )
 
@@ -49,14 +52,18 @@ def hash_of(key: np.void) -> int:
     return int(key_hash(np.array([key], KEY_DTYPE))[0])
 
 
-def kernel_set(key: np.void, set_bits: int) -> int:
-    """record(): the set is the top SET_BITS bits of the key's hash."""
-    return hash_of(key) >> (64 - set_bits)
+def kernel_sets(key: np.void, sets: int) -> tuple[int, int]:
+    """record(): the primary set is the hash's top 32 bits scaled to SETS; the alternate is the
+    primary xor an odd offset below the block (min(BLOCK_SETS, SETS)) from bits 16-26."""
+    h = hash_of(key)
+    primary = ((h >> 32) * sets) >> 32
+    return primary, primary ^ (((h >> 16) & (min(BLOCK_SETS, sets) - 1)) | 1)
 
 
-def kernel_tag(key: np.void, last_seen: int, packets: int) -> int:
-    """The tag word the kernel leaves: (hash low 32 bits | 1) << 32 | ESTABLISHED | stamp."""
-    tag = ((hash_of(key) & 0xFFFFFFFF) | 1) << 32
+def kernel_tag(key: np.void, last_seen: int, packets: int, *, secondary: bool = False) -> int:
+    """The tag word the kernel leaves: ((hash low 32 bits | 1) with bit 1 = in the alternate
+    set) << 32 | ESTABLISHED | stamp."""
+    tag = (((hash_of(key) & 0xFFFFFFFF) | 1) & ~2) << 32 | (SECONDARY if secondary else 0)
     tag |= (last_seen >> STAMP_SHIFT) & STAMP_MASK
     return tag | (ESTABLISHED if packets > 1 else 0)
 
@@ -113,8 +120,11 @@ def write_slot(
     table["tag"][set_index, way] = tag
 
 
-def tag_with_stamp(key: np.void, stamp: int, *, established: bool = False) -> int:
-    tag = ((hash_of(key) & 0xFFFFFFFF) | 1) << 32 | (stamp & STAMP_MASK)
+def tag_with_stamp(
+    key: np.void, stamp: int, *, established: bool = False, secondary: bool = False
+) -> int:
+    tag = (((hash_of(key) & 0xFFFFFFFF) | 1) & ~2) << 32 | (stamp & STAMP_MASK)
+    tag |= SECONDARY if secondary else 0
     return tag | (ESTABLISHED if established else 0)
 
 
@@ -152,39 +162,46 @@ def test_a_set_is_a_line_of_tags_and_eight_64_byte_slots() -> None:
 
 def test_key_hash_spreads_keys_that_differ_in_one_field() -> None:
     """Keys that differ only in the address, or only in the port, fall into many sets (the
-    hash's top bits) and have tags of their own (its low 32 bits), as random keys would."""
+    hash's top bits), have alternates all over the block, and tags of their own (its low 32
+    bits), as random keys would."""
     addresses = make_keys([f"10.8.{n >> 8}.{n & 255}" for n in range(4096)])
     ports = make_keys(["10.8.0.1"] * 4096)
     ports["port"] = np.arange(4096)
     for keys in (addresses, ports):
-        hashes = key_hash(keys)
-        sets = (hashes >> np.uint64(64 - 8)).astype(np.int64)
-        assert np.bincount(sets, minlength=256).max() < 40  # 16 on average
-        assert len(np.unique(hashes & np.uint64(0xFFFFFFFF))) == len(keys)
+        placement = np.array([kernel_sets(key, 256) for key in keys])
+        for column in placement.T:
+            assert np.bincount(column, minlength=256).max() < 40  # 16 on average
+        assert len(np.unique(placement[:, 0] ^ placement[:, 1])) == 128  # every odd offset
+        assert len(np.unique(key_hash(keys) & np.uint64(0xFFFFFFFF))) == len(keys)
 
 
 @pytest.mark.parametrize(
-    ("max_entries", "set_bits"),
+    ("max_entries", "sets"),
     [
-        (1, MIN_SET_BITS),  # 16 sets at least: 128 entries
-        (128, 4),
-        (129, 5),
-        (1000, 7),  # 125 sets -> 128
-        (262144, 15),  # the default: 32768 sets, exactly
-        (262145, 16),
-        (1 << 27, 24),  # the largest max_entries accepted
+        (1, MIN_SETS),  # 16 sets at least: 128 slots
+        (85, 16),  # 1.5 x 85 = 127.5 slots
+        (86, 32),
+        (1000, 256),  # 188 sets -> 256
+        (10_922, 2048),  # the largest table of one block
+        (10_923, 4096),  # past it: whole blocks
+        (262144, 49152),  # the default: 24 blocks, exactly 1.5 slots per entry
+        (262145, 51200),
+        (1 << 27, 25165824),  # the largest max_entries accepted
     ],
 )
-def test_set_bits_for(max_entries: int, set_bits: int) -> None:
-    assert set_bits_for(max_entries) == set_bits
+def test_sets_for(max_entries: int, sets: int) -> None:
+    assert sets_for(max_entries) == sets
 
 
 @pytest.mark.parametrize("max_entries", [1, 7, 8, 9, 100, 127, 128, 129, 4095, 4096, 100_000])
-def test_capacity_is_max_entries_rounded_up_to_a_power_of_two(max_entries: int) -> None:
-    capacity = (1 << set_bits_for(max_entries)) * WAYS
-    assert capacity >= max_entries
-    assert capacity & (capacity - 1) == 0
-    assert capacity == max(128, 1 << (max_entries - 1).bit_length())
+def test_a_table_has_one_and_a_half_slots_per_entry_in_whole_blocks(max_entries: int) -> None:
+    sets = sets_for(max_entries)
+    assert sets * WAYS >= SLOTS_PER_ENTRY * max_entries
+    if sets <= BLOCK_SETS:
+        assert sets & (sets - 1) == 0
+    else:
+        assert sets % BLOCK_SETS == 0
+        assert (sets - BLOCK_SETS) * WAYS < SLOTS_PER_ENTRY * max_entries
 
 
 @pytest.mark.parametrize(("window", "stamps"), [(10, 10), (60, 56), (3600, 3353), (86400, 80467)])
@@ -195,45 +212,94 @@ def test_window_stamps_rounds_the_window_up(window: int, stamps: int) -> None:
 
 
 def test_place_then_live_entries_gives_back_every_entry() -> None:
-    keys = distinct_keys(150, seed=2)
+    keys = distinct_keys(300, seed=2)
     generator = random.Random(3)
     last_seen = [NOW - generator.randrange(0, 50 * S) for _ in range(len(keys))]
     packets = [generator.choice([1, 1, 2, 7]) for _ in range(len(keys))]
     values = make_values(last_seen, packets)
-    words = empty_table(64)
+    words = empty_table(64)  # 512 slots for 300 keys: more than 1.5 per key
 
-    placed = place(words, keys, values)
+    assert place(words, keys, values) == len(keys)
 
-    # Where the kernel looks: the key's set (top bits of key_hash), with the kernel's tag.
-    kept_per_set: dict[int, list[int]] = {}
-    for index, key in enumerate(keys):
-        kept_per_set.setdefault(kernel_set(key, 6), []).append(index)
-    expected = {}
-    for set_index, indexes in kept_per_set.items():
-        newest = sorted(indexes, key=lambda i: -last_seen[i])[:WAYS]
-        tags = as_sets(words)["tag"][set_index].tolist()
-        for i in newest:
-            expected[keys[i].tobytes()] = tuple(int(values[i][f]) for f in VALUE_DTYPE.names)
-            assert kernel_tag(keys[i], last_seen[i], packets[i]) in tags
-    assert placed == len(expected)
+    # Where the kernel looks: the key's primary set with its tag, or its alternate set with
+    # the tag marked SECONDARY.
+    tags = as_sets(words)["tag"]
+    for i, key in enumerate(keys):
+        primary, alternate = kernel_sets(key, 64)
+        in_primary = kernel_tag(key, last_seen[i], packets[i]) in tags[primary].tolist()
+        in_alternate = (
+            kernel_tag(key, last_seen[i], packets[i], secondary=True) in tags[alternate].tolist()
+        )
+        assert in_primary != in_alternate, f"key {i}: in neither set, or in both"
+    expected = {
+        key.tobytes(): tuple(int(value[f]) for f in VALUE_DTYPE.names)
+        for key, value in zip(keys, values, strict=True)
+    }
     assert rows(*live_entries(words, NOW, WINDOW)) == expected
 
 
-def test_place_keeps_the_most_recent_entries_of_a_full_set() -> None:
-    candidates = distinct_keys(4000, seed=4)
-    same_set = [key for key in candidates if kernel_set(key, 4) == 11][: WAYS + 3]
-    assert len(same_set) == WAYS + 3
-    keys = np.array(same_set, KEY_DTYPE)
+def test_place_fills_a_table_to_max_entries_without_losing_a_key() -> None:
+    """The table the daemon makes for max_entries holds max_entries keys (the kernel's choice
+    of the emptier set; place's rounds do the same): no set overflows."""
+    max_entries = 30_000
+    keys = np.zeros(max_entries, KEY_DTYPE)
+    keys["addr"] = [
+        address_bytes(f"10.{n >> 16}.{n >> 8 & 255}.{n & 255}") for n in range(max_entries)
+    ]
+    keys["ifindex"], keys["port"], keys["proto"], keys["family"] = 2, 53, 17, 4
+    words = empty_table(sets_for(max_entries))
+    assert place(words, keys, make_values([NOW - S] * max_entries)) == max_entries
+    assert len(live_entries(words, NOW, WINDOW)[0]) == max_entries
+
+
+def sharing_both_sets(candidates: np.ndarray, sets: int, count: int) -> list[np.void]:
+    """count of the candidates whose two sets are the same two sets."""
+    pairs: dict[tuple[int, int], list[np.void]] = {}
+    for key in candidates:
+        pairs.setdefault(tuple(sorted(kernel_sets(key, sets))), []).append(key)
+    members = max(pairs.values(), key=len)
+    assert len(members) >= count, f"only {len(members)} candidates share two sets: give more"
+    return members[:count]
+
+
+def test_place_keeps_the_most_recent_entries_of_two_full_sets() -> None:
+    same_sets = sharing_both_sets(distinct_keys(4000, seed=4), 16, 2 * WAYS + 3)
+    keys = np.array(same_sets, KEY_DTYPE)
     last_seen = [NOW - (n + 1) * S for n in range(len(keys))]  # keys[0] is the newest
     values = make_values(last_seen)
     words = empty_table(16)
-    assert place(words, keys, values) == WAYS
+    assert place(words, keys, values) == 2 * WAYS
     found = rows(*live_entries(words, NOW, WINDOW))
-    assert set(found) == {key.tobytes() for key in keys[:WAYS]}
-    assert not as_sets(words)["tag"][np.arange(16) != 11].any()  # nothing in another set
+    assert set(found) == {key.tobytes() for key in keys[: 2 * WAYS]}
+    used = np.flatnonzero(as_sets(words)["tag"].any(axis=1))
+    assert sorted(used.tolist()) == sorted(kernel_sets(keys[0], 16))  # nothing in another set
 
 
-def test_a_full_table_reads_no_more_than_its_capacity() -> None:
+def test_place_moves_an_entry_to_its_other_set_to_make_room() -> None:
+    """Two full sets (one pair of sets for 16 keys) and a key with one of them and a third,
+    empty set: place's last step makes room where a round alone would not."""
+    candidates = distinct_keys(6000, seed=11)
+    pair = sharing_both_sets(candidates, 16, 2 * WAYS)
+    full = set(kernel_sets(pair[0], 16))
+    # A newer key whose sets are one of the full two and a third one, which 8 even newer keys
+    # with that same pair fill first.
+    for key in candidates:
+        sets = kernel_sets(key, 16)
+        if len(full & set(sets)) == 1:
+            third = (set(sets) - full).pop()
+            break
+    third_pair = [
+        k for k in candidates if sorted(kernel_sets(k, 16)) == sorted(kernel_sets(key, 16))
+    ]
+    assert len(third_pair) > 1
+    keys = np.array([*pair, key], KEY_DTYPE)
+    words = empty_table(16)
+    assert place(words, keys, make_values([NOW - S] * len(keys))) == len(keys)
+    assert len(live_entries(words, NOW, WINDOW)[0]) == len(keys)
+    assert as_sets(words)["tag"][third].any()
+
+
+def test_a_full_table_reads_no_more_than_its_slots() -> None:
     keys = distinct_keys(2000, seed=5)
     values = make_values([NOW - S] * len(keys))
     words = empty_table(16)
@@ -242,11 +308,13 @@ def test_a_full_table_reads_no_more_than_its_capacity() -> None:
     assert len(read_keys) == 16 * WAYS
 
 
-def test_place_wants_a_power_of_two_of_sets() -> None:
+@pytest.mark.parametrize("sets", [24, 3000, BLOCK_SETS + 16])
+def test_place_wants_a_power_of_two_of_sets_or_whole_blocks(sets: int) -> None:
     keys = distinct_keys(4, seed=6)
     with pytest.raises(ValueError, match="power of two"):
-        place(empty_table(24), keys, make_values([NOW] * 4))
+        place(empty_table(sets), keys, make_values([NOW] * 4))
     assert place(empty_table(16), keys[:0], make_values([])) == 0
+    assert place(empty_table(2 * BLOCK_SETS), keys, make_values([NOW] * 4)) == 4
 
 
 # -- liveness --------------------------------------------------------------------------------
@@ -372,6 +440,43 @@ def test_duplicates_are_merged_in_every_set_of_one_read() -> None:
     assert rows(*live_entries(words, NOW, WINDOW)) == expected
 
 
+def test_copies_of_a_key_in_its_two_sets_are_merged() -> None:
+    """Two CPUs that claim one new key at once may take a slot in each of its sets (the one in
+    the alternate set marked SECONDARY): one entry, counts added."""
+    key, other = make_keys(["10.4.1.1", "10.4.1.2"])
+    primary, alternate = kernel_sets(key, 64)
+    words = empty_table(64)
+    in_primary, in_alternate = make_values([NOW - 2 * S, NOW - S], [3, 4])
+    in_alternate["first_seen"] = NOW - 9 * S
+    write_slot(words, (primary, 5), key, in_primary, tag_with_stamp(key, stamp_of(NOW - 2 * S)))
+    write_slot(
+        words,
+        (alternate, 0),
+        key,
+        in_alternate,
+        tag_with_stamp(key, stamp_of(NOW - S), secondary=True),
+    )
+    other_value = make_values([NOW - S], 2)[0]
+    write_slot(words, (alternate, 1), other, other_value, tag_with_stamp(other, stamp_of(NOW)))
+    found = rows(*live_entries(words, NOW, WINDOW))
+    assert found == {
+        key.tobytes(): (NOW - 9 * S, NOW - S, 7, 420),
+        other.tobytes(): tuple(int(other_value[f]) for f in VALUE_DTYPE.names),
+    }
+
+
+def test_a_key_in_its_alternate_set_alone_is_read_once() -> None:
+    """A SECONDARY slot whose primary set holds another key with the same tag hash: two keys."""
+    key, other = make_keys(["10.4.2.1", "10.4.2.2"])
+    primary, alternate = kernel_sets(key, 64)
+    words = empty_table(64)
+    tag = tag_with_stamp(key, stamp_of(NOW))
+    write_slot(words, (primary, 2), other, make_values([NOW], 5)[0], tag)  # same tag hash
+    write_slot(words, (alternate, 3), key, make_values([NOW], 2)[0], tag | SECONDARY)
+    found = rows(*live_entries(words, NOW, WINDOW))
+    assert {k: v[2] for k, v in found.items()} == {key.tobytes(): 2, other.tobytes(): 5}
+
+
 def test_keys_that_share_a_tag_hash_are_not_merged() -> None:
     """Tags carry 32 bits of the hash: two keys of a set may share them; the keys decide."""
     first, second = make_keys(["10.6.0.1", "10.6.0.2"])
@@ -405,20 +510,28 @@ def chunked(words: np.ndarray, sets: int) -> Callable[[], Iterator[np.ndarray]]:
 
 
 def test_the_chunked_read_is_live_entries_of_the_whole_table() -> None:
-    keys = distinct_keys(300, seed=7)
+    """Chunks of whole blocks (a key's two sets are in one block), as DataPath reads them."""
+    keys = distinct_keys(3000, seed=7)
     generator = random.Random(8)
     last_seen = [NOW - generator.randrange(0, 90 * S) for _ in range(len(keys))]  # some expired
-    words = empty_table(64)
+    words = empty_table(2 * BLOCK_SETS)
     place(words, keys, make_values(last_seen, 2))
-    # Duplicates in a set of the third chunk, and a BUSY slot.
-    duplicated = make_keys(["10.9.0.1"])[0]
+    # Duplicates in a set of the second block (one of them across a key's two sets), and a
+    # BUSY slot.
+    duplicated, across = make_keys(["10.9.0.1", "10.9.0.2"])
     for way in (0, 1):
         value = make_values([NOW - S], 3)[0]
-        write_slot(words, (40, way), duplicated, value, tag_with_stamp(duplicated, stamp_of(NOW)))
-    as_sets(words)["tag"][41, 0] = BUSY
+        at = (BLOCK_SETS + 40, way)
+        write_slot(words, at, duplicated, value, tag_with_stamp(duplicated, stamp_of(NOW)))
+    primary, alternate = kernel_sets(across, 2 * BLOCK_SETS)
+    for at, secondary in (((primary, 7), False), ((alternate, 7), True)):
+        tag = tag_with_stamp(across, stamp_of(NOW), secondary=secondary)
+        write_slot(words, at, across, make_values([NOW - S], 2)[0], tag)
+    as_sets(words)["tag"][BLOCK_SETS + 41, 0] = BUSY
     whole = rows(*live_entries(words, NOW, WINDOW))
     assert whole[duplicated.tobytes()][2] == 6
-    for sets in (1, 16, 24, 64):
+    assert whole[across.tobytes()][2] == 4
+    for sets in (BLOCK_SETS, 2 * BLOCK_SETS):
         assert rows(*read_live_entries(chunked(words, sets), NOW, WINDOW)) == whole
 
 
