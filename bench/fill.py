@@ -2,9 +2,10 @@
 fleet of sources (or a flood) leaves behind.
 
 - `fill_table`: the product's set-associative table (bpf/xdp_ip_counter.c), written through
-  the mapped map (`DataPath.table_words()`) with the product's own `table.place`, so that every
-  entry sits where the kernel looks for it. Only keys whose set has room are used, so exactly
-  `count` entries are added; the entries already there are kept.
+  the mapped map (`DataPath.table_words()`), each key into one of its two sets
+  (`table.primary_set`, `table.alternate_set`) as the kernel chooses: the one with more free
+  slots. Only keys with a free slot in one of their sets are used, so exactly `count` entries
+  are added (up to every slot of the table); the entries already there stay where they are.
 - `fill`: the LRU hash of the first version (bench/programs/first_version.c), with
   BPF_MAP_UPDATE_BATCH.
 
@@ -23,7 +24,14 @@ from xdp_ip_counter.bpf import DataPath
 from xdp_ip_counter.bpf_syscall import map_update_batch
 from xdp_ip_counter.clock import kernel_clock_ns
 from xdp_ip_counter.layout import KEY_DTYPE, VALUE_DTYPE, WAYS
-from xdp_ip_counter.table import key_hash, place
+from xdp_ip_counter.table import (
+    alternate_set,
+    key_hash,
+    live_mask,
+    primary_set,
+    tag_hash,
+    write_slots,
+)
 
 FIRST_V4 = 0x0A400000  # 10.64.0.0
 PORTS = (22, 25, 53, 80, 110, 123, 143, 443, 465, 587, 993, 995, 3306, 5432, 8080, 8443)
@@ -113,50 +121,89 @@ def fill_table(
     keep: bool = True,
 ) -> Filled:
     """Add count entries (None: one to every free slot) to the product's table, with keys
-    numbered from start, a key used only when its set has a free slot. The live entries already
-    there stay (keep=False: they go). The new entries are last seen age_s ago (1 s: older than
-    what a frame just wrote, which place() keeps first), every `established`-th of them
-    established (seen in two frames; 0: none). Not while frames arrive."""
+    numbered from start, each in a free slot of one of its two sets, chosen as the kernel
+    chooses (`choose_sets`): a key both of whose sets are full is not used, so exactly `count`
+    entries are added and none is given up. The live entries already there stay where they
+    are (keep=False: they go). The new entries are last seen age_s ago (1 s: older than what a
+    frame just wrote), every `established`-th of them established (seen in two frames; 0:
+    none). Not while frames arrive."""
     words = datapath.table_words()
-    sets = datapath.sets
-    if keep:
-        old_keys, old_values, _ = datapath.read_sources()
-    else:
-        old_keys, old_values = np.zeros(0, KEY_DTYPE), np.zeros(0, VALUE_DTYPE)
-    room = WAYS - np.bincount(_set_of(old_keys, sets), minlength=sets)
-    wanted = int(room.sum()) if count is None else count
-    if wanted > room.sum():
-        raise ValueError(f"the table has {room.sum()} free slots, not {wanted}")
-    chosen, number = [], start
-    while wanted > 0:
-        # A few candidates per set: a set with room gets its share even when few are left.
-        size = max(2 * wanted, 4 * sets)
-        keys = source_keys(size, number, mixed=mixed, ifindex=ifindex)
-        set_index = _set_of(keys, sets)
-        taken = np.flatnonzero(_rank_within_set(set_index) < room[set_index])[:wanted]
-        np.subtract.at(room, set_index[taken], 1)
-        chosen.append(keys[taken])
-        wanted -= len(taken)
-        number = number + int(taken[-1]) + 1 if wanted == 0 else number + size
-    new_keys = np.concatenate(chosen) if chosen else np.zeros(0, KEY_DTYPE)
-    new_values = source_values(len(new_keys), age_s, established)
-    keys = np.concatenate([old_keys, new_keys])
-    values = np.concatenate([old_values, new_values])
-    words[:] = 0
-    placed = place(words, keys, values)
-    del words
-    datapath.unmap_table()  # the whole table counted in this process's RSS while mapped
-    if placed != len(keys):
-        raise RuntimeError(f"placed {placed} of {len(keys)} entries")
-    return Filled(len(new_keys), number)
+    try:
+        if not keep:
+            words[:] = 0
+        live = live_mask(words[:, :WAYS], datapath.clock.now_ns(), datapath.window or 0)
+        free = WAYS - live.sum(axis=1)
+        wanted = int(free.sum()) if count is None else count
+        if wanted > free.sum():
+            raise ValueError(f"the table has {free.sum()} free slots, not {wanted}")
+        room = free.tolist()
+        chosen_keys, chosen_sets, number = [], [], start
+        while wanted > 0:
+            # Enough candidates that the last sets with a free slot are some keys' choice too.
+            size = max(2 * wanted, 4 * datapath.sets)
+            keys = source_keys(size, number, mixed=mixed, ifindex=ifindex)
+            number += size
+            taken, set_index = choose_sets(keys, datapath.sets, room, wanted)
+            chosen_keys.append(keys[taken])
+            chosen_sets.append(set_index)
+            wanted -= len(taken)
+        if chosen_keys:
+            keys = np.concatenate(chosen_keys)
+            _write(
+                words,
+                live,
+                keys,
+                np.concatenate(chosen_sets),
+                age_s=age_s,
+                established=established,
+            )
+        added = sum(len(k) for k in chosen_keys)
+    finally:
+        del words
+        datapath.unmap_table()  # the whole table counted in this process's RSS while mapped
+    return Filled(added, number)
 
 
-def _set_of(keys: np.ndarray, sets: int) -> np.ndarray:
-    """The set the kernel puts each key in (the key hash's top bits)."""
-    if len(keys) == 0:
-        return np.zeros(0, np.int64)
-    set_bits = sets.bit_length() - 1
-    return (key_hash(keys) >> np.uint64(64 - set_bits)).astype(np.int64)
+def choose_sets(
+    keys: np.ndarray, sets: int, room: list[int], wanted: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The keys a table of `sets` sets with room[s] free slots in set s takes, in order, as the
+    kernel takes new keys one at a time: into whichever of its two sets has more free slots
+    (the primary on a tie), and not at all when both are full (the kernel would give an entry
+    up). At most `wanted` keys. Returns their indices in keys and their sets; room is updated."""
+    hashes = key_hash(keys)
+    primary = primary_set(hashes, sets).astype(np.int64)
+    alternate = alternate_set(primary, tag_hash(hashes), sets)
+    taken: list[int] = []
+    chosen: list[int] = []
+    pairs = zip(primary.tolist(), alternate.tolist(), strict=True)
+    for number, (first, second) in enumerate(pairs):
+        into = second if room[second] > room[first] else first
+        if room[into] == 0:
+            continue
+        room[into] -= 1
+        taken.append(number)
+        chosen.append(into)
+        if len(taken) == wanted:
+            break
+    return np.asarray(taken, np.int64), np.asarray(chosen, np.int64)
+
+
+def _write(
+    words: np.ndarray,
+    live: np.ndarray,
+    keys: np.ndarray,
+    set_index: np.ndarray,
+    *,
+    age_s: float,
+    established: int,
+) -> None:
+    """Write keys, with new values, into free ways of their chosen sets (live: the ways taken
+    before), tag words as the kernel writes them (the SECONDARY bit for a key in its alternate
+    set)."""
+    free_first = np.argsort(live[set_index], axis=1, kind="stable")  # free ways, in order
+    way = free_first[np.arange(len(keys)), _rank_within_set(set_index)]
+    write_slots(words, set_index, way, keys, source_values(len(keys), age_s, established))
 
 
 def _rank_within_set(set_index: np.ndarray) -> np.ndarray:

@@ -18,8 +18,14 @@ smallest and largest round as its spread. The process is pinned to one CPU while
   with room, and full. Added cost = (contender - empty) / (first version - empty), round by
   round.
 - Checks: every frame given to the product is in the counts it reports; the table is exact
-  when two CPUs send the same new sources at once (duplicates merged on reading); sources
-  that keep sending stay through a flood of one-packet sources.
+  when two CPUs send the same new sources at once (duplicates merged on reading); how many
+  sources the table loses when new sources fill it to a share of max_entries (issue 12's goal
+  1: none up to max_entries); sources that keep sending stay through a flood of one-packet
+  sources.
+
+The product's tables are sized as the daemon sizes them: `max_entries` is the capacity (the
+first version's LRU hash gets as many entries), in 1.5 times as many slots (two sets of 8 ways
+per key; xdp_ip_counter/table.py, sets_for). "Full" is every slot live: past capacity.
 """
 
 from __future__ import annotations
@@ -86,8 +92,9 @@ class Config:
     capacity: int  # of the tables of the hot path at scale and the per-frame rows
     fills: tuple[int, ...]  # other entries in the table for the hot-path-at-scale rows
     insert_frames: int  # new sources per per-frame measurement
-    flood_capacities: tuple[int, ...]  # tables of the flood runs (powers of two)
+    flood_capacities: tuple[int, ...]  # max_entries of the flood runs' tables
     flood_full_repeat: int  # new sources per test run of the flood run, table full
+    loads: tuple[float, ...]  # shares of max_entries the tables are filled to, for losses
     exact_sources: int  # distinct sources sent from two CPUs at once
     exact_capacity: int
     cpu: int  # the CPU the measurements run on (-1: the last one allowed)
@@ -101,6 +108,7 @@ FULL = Config(
     insert_frames=20_000,
     flood_capacities=(65_536, 262_144, 1_048_576),
     flood_full_repeat=100_000,
+    loads=(0.2, 0.5, 0.75, 1.0),
     exact_sources=20_000,
     exact_capacity=65_536,
     cpu=-1,
@@ -113,6 +121,7 @@ SMOKE = Config(
     insert_frames=300,
     flood_capacities=(4096,),
     flood_full_repeat=2000,
+    loads=(0.2, 0.5, 0.75, 1.0),
     exact_sources=500,
     exact_capacity=4096,
     cpu=-1,
@@ -206,7 +215,11 @@ def _per_frame(
 def run(config: Config, log: Callable[[str], None] = print) -> dict:
     result: dict = {
         "config": config.__dict__
-        | {"fills": list(config.fills), "flood_capacities": list(config.flood_capacities)}
+        | {
+            "fills": list(config.fills),
+            "flood_capacities": list(config.flood_capacities),
+            "loads": list(config.loads),
+        }
     }
     with ExitStack() as stack, pinned(config.cpu) as cpu:
         result["cpu"] = cpu
@@ -221,6 +234,7 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict:
                 )
         project = steps[PROJECT]
         result["capacity"] = {FIRST: config.capacity, PROJECT: project.capacity}
+        result["slots"] = {PROJECT: project.slots}
         programs = {
             name: Contender(name, first.fd if name == FIRST else steps[name].prog_fd)
             for name in STEPS
@@ -328,10 +342,11 @@ def _project_counts(project: DataPath, config: Config) -> dict[str, dict[str, in
 
 
 def _flood_runs(capacity: int, config: Config, log) -> tuple[list[dict], dict]:
-    """The flood run with tables of `capacity`: room (rounds of capacity / (2 rounds) new
-    sources each, so the table is at most half full), then full (the LRU filled past capacity,
-    every slot of the table live, every other entry established; rounds of flood_full_repeat
-    new sources)."""
+    """The flood run with tables of `capacity` (the product's max_entries): room (rounds of
+    capacity / (2 rounds) new sources each, so the table holds at most half its max_entries),
+    then full (the LRU filled past capacity, every slot of the product's table live, every
+    other entry established; rounds of flood_full_repeat new sources). Then the checks on the
+    product's table: protection, and the sources lost by load."""
     log(f"kernel: compiling the flood-run contenders (capacity {capacity})")
     with ExitStack() as stack:
         empty = stack.enter_context(closing(contenders.empty(varying=True))).fd
@@ -345,7 +360,7 @@ def _flood_runs(capacity: int, config: Config, log) -> tuple[list[dict], dict]:
         for datapath in tables.values():
             stack.enter_context(closing(datapath))
         if any(datapath.capacity != capacity for datapath in tables.values()):
-            raise ValueError(f"flood capacity {capacity}: not a power of two of {WAYS}-way sets")
+            raise ValueError(f"flood capacity {capacity}: the product holds another max_entries")
         runners = [Contender(FIRST, first.fd)]
         runners += [Contender(name, datapath.prog_fd) for name, datapath in tables.items()]
         frame = CASES[HOT]
@@ -372,7 +387,10 @@ def _flood_runs(capacity: int, config: Config, log) -> tuple[list[dict], dict]:
             per_run,
             _figures(*_series(empty, runners, [frame] * config.rounds, per_run), FIRST),
         )
-        checks = {"room": _outcomes(tables[PROJECT], before, config.rounds * per_run)}
+        checks = {
+            "slots": tables[PROJECT].slots,
+            "room": _outcomes(tables[PROJECT], before, config.rounds * per_run),
+        }
 
         log(f"kernel: flood run, table of {capacity} full")
         fill.fill(first.sources_fd, capacity + capacity // 8, start=0)
@@ -387,6 +405,8 @@ def _flood_runs(capacity: int, config: Config, log) -> tuple[list[dict], dict]:
 
         log(f"kernel: a flood of one-packet sources past sources that keep sending ({capacity})")
         checks["protection"] = protection(tables[PROJECT], capacity)
+        log(f"kernel: sources lost by load ({capacity})")
+        checks["losses"] = losses(tables[PROJECT], capacity, config.loads)
         return rows, checks
 
 
@@ -405,12 +425,39 @@ def _outcomes(datapath: DataPath, before: dict[str, int], frames_given: int) -> 
     }
 
 
+def losses(datapath: DataPath, capacity: int, loads: tuple[float, ...]) -> list[dict]:
+    """For each load, an empty table given load x capacity new sources (scattered, one test
+    run of the wrapped product on one CPU: each placed as the kernel places it), then read as
+    the daemon reads (DataPath.read_sources): the sources it lost (not in the table), with
+    the evicted event and insert_failed outcome counts. Exact below capacity: none lost."""
+    found = []
+    for load in loads:
+        datapath.clear()
+        sources = round(load * capacity)
+        before = _counters(datapath)
+        run_frames(datapath.prog_fd, CASES[HOT], sources)
+        counted = _outcomes(datapath, before, sources)
+        found.append(
+            {
+                "load": load,
+                "sources": sources,
+                "recorded_new": counted.get("recorded_new", 0),
+                "kept": counted["live_entries"],
+                "lost": sources - counted["live_entries"],
+                "evicted": counted.get("evicted", 0),
+                "insert_failed": counted.get("insert_failed", 0),
+            }
+        )
+    return found
+
+
 def protection(datapath: DataPath, capacity: int) -> dict:
     """capacity / 8 established sources (seen in two frames each), then a flood of 4 x capacity
     one-packet sources through the wrapped product, in one test run: how many of the
-    established sources keep their slot and their counts. By design a set whose ways all hold
-    established sources gives one of them up to the flood (and then churns that slot only):
-    those sets are counted before the flood."""
+    established sources keep their slot and their counts. By design only a set whose ways all
+    hold established sources can give one of them up to the flood (when a flood source's
+    other set is such a set too), and then churns that slot only: those sets are counted
+    before the flood, an upper bound of the sources lost."""
     datapath.clear()
     protected = capacity // 8
     fill.fill_table(datapath, protected, established=1)
@@ -447,7 +494,7 @@ def exactness(config: Config) -> dict:
     """exact_sources distinct sources, source i sent 1 + i % 5 times by each of two threads
     pinned to two CPUs, in the same order (so that they often claim one new key at once), read
     back as the daemon reads (duplicate slots merged): every source the table kept with
-    exactly its frames. A set that more sources than ways hash to gives up one-packet entries
+    exactly its frames. A source both of whose sets are full gives up a one-packet entry
     (evicted, counted as such): those sources are missing, and only those."""
     datapath = contenders.product(config.exact_capacity, PORTS)
     try:
@@ -473,6 +520,7 @@ def exactness(config: Config) -> dict:
             "cpus": len(threads),
             "sources": len(sends),
             "capacity": datapath.capacity,
+            "slots": datapath.slots,
             "frames": int(expected.sum()),
             "keys_read": len(keys),
             "packets_read": int(values["packets"].sum()),

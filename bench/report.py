@@ -47,11 +47,14 @@ def kernel_table(kernel: dict) -> Iterator[str]:
             f"| {_optional_ratio(row, 'to_first_version')} "
             f"| {_optional_ratio(row, 'added_vs_first_version')} |"
         )
-    capacity = kernel["capacity"]
+    capacity, slots = kernel["capacity"], kernel.get("slots", {})
     yield ""
     yield (
         "Capacity of the tables above: "
-        + ", ".join(f"{name} {slots}" for name, slots in capacity.items())
+        + ", ".join(
+            f"{name} {entries}" + (f" ({slots[name]} slots)" if name in slots else "")
+            for name, entries in capacity.items()
+        )
         + "; entries when full: "
         + ", ".join(f"{name} {n}" for name, n in kernel["at_scale_entries"].items())
         + "."
@@ -80,8 +83,9 @@ def flood_table(kernel: dict) -> Iterator[str]:
     yield ""
     for capacity, checks in kernel["flood_checks"].items():
         room, full, kept = checks["room"], checks["full"], checks["protection"]
+        slots = f" ({checks['slots']} slots)" if "slots" in checks else ""
         yield (
-            f"- Table of {capacity}: room, {room['frames_given']} frames -> "
+            f"- Table of {capacity}{slots}: room, {room['frames_given']} frames -> "
             f"{room.get('recorded_new', 0)} new entries, {room.get('evicted', 0)} evicted; "
             f"full, {full['frames_given']} frames -> {full.get('recorded_new', 0)} new entries, "
             f"{full.get('evicted', 0)} evicted, {full.get('insert_failed', 0)} not recorded, "
@@ -90,6 +94,7 @@ def flood_table(kernel: dict) -> Iterator[str]:
             f"{kept['protected']} established sources still there, with their counts, after "
             f"{kept['flood']} one-packet sources ({kept['evicted_during_flood']} evictions; "
             f"{kept['sets_full_of_established']} sets held only established sources)."
+            + "".join(_losses_sentence(checks.get("losses", [])))
         )
     exact = kernel["exactness_two_cpus"]
     yield (
@@ -97,9 +102,35 @@ def flood_table(kernel: dict) -> Iterator[str]:
         f"of {exact['capacity']}, {exact['frames']} frames -> {exact['keys_read']} keys, "
         f"{exact['packets_read']} packets ({exact['duplicate_slots_merged']} duplicate slots "
         f"merged; every source read has exactly its frames: "
-        f"{'yes' if exact['each_source_read_exact'] else 'NO'}; {exact['evicted']} evicted "
-        f"from sets that more than 8 sources hash to)."
+        f"{'yes' if exact['each_source_read_exact'] else 'NO'}; {exact['evicted']} evicted, "
+        f"{exact['outcomes'].get('insert_failed', 0)} not recorded)."
     )
+    rows = [
+        (capacity, loss)
+        for capacity, checks in kernel["flood_checks"].items()
+        for loss in checks.get("losses", [])
+    ]
+    if rows:
+        yield ""
+        yield (
+            "| max_entries | filled to | new sources | lost (not in the table) | share lost "
+            "| evicted | not recorded (insert_failed) |"
+        )
+        yield "|---:|---:|---:|---:|---:|---:|---:|"
+        for capacity, loss in rows:
+            yield (
+                f"| {capacity} | {loss['load']:.0%} | {loss['sources']} | {loss['lost']} "
+                f"| {loss['lost'] / loss['sources']:.3%} | {loss['evicted']} "
+                f"| {loss['insert_failed']} |"
+            )
+
+
+def _losses_sentence(losses: list[dict]) -> Iterator[str]:
+    if losses:
+        each = ", ".join(
+            f"{loss['load']:.0%} {loss['lost']} of {loss['sources']}" for loss in losses
+        )
+        yield f" Sources lost, by load of max_entries: {each}."
 
 
 def throughput_table(throughput: dict) -> Iterator[str]:
@@ -176,11 +207,16 @@ def userspace_table(userspace: dict) -> Iterator[str]:
     )
 
 
+def _max_entries(figures: dict) -> str:
+    return f", max_entries {figures['max_entries']}" if "max_entries" in figures else ""
+
+
 def sketch_lines(result: dict) -> Iterator[str]:
     kernel = result["kernel"]
     yield (
         f"In the kernel: {kernel['sources']} distinct IPv4 sources through the product (table of "
-        f"{kernel['table_slots']} slots: {kernel['evicted']} evictions), read as the daemon "
+        f"{kernel['table_slots']} slots{_max_entries(kernel)}: {kernel['evicted']} evictions), "
+        f"read as the daemon "
         f"reads: registers differing from xdp_ip_counter.sketch's: "
         f"{kernel['registers_differing']} of {1 << result['p']}; active_users estimate "
         f"{kernel['estimate']:.0f} ({kernel['error']:+.2%}), marked "
@@ -255,12 +291,24 @@ def targets(results: dict) -> list[Target]:
                 all(c["sent"] == c["counted"] for c in counts),
             ),
             Target(
-                f"kernel: {exact['sources']} sources in {exact['capacity']} slots from two "
+                f"kernel: {exact['sources']} sources in a table of {exact['capacity']} from two "
                 "CPUs at once",
                 "every source kept, exact",
                 f"{exact['keys_read']} kept ({exact['evicted']} evicted), "
                 f"{'exact' if exact['each_source_read_exact'] else 'NOT exact'}",
                 exact["each_source_read_exact"] and exact["keys_read"] == exact["sources"],
+            ),
+            *(
+                Target(
+                    f"kernel: sources lost, table of {capacity} filled to "
+                    + " / ".join(f"{loss['load']:.0%}" for loss in checks["losses"])
+                    + " of max_entries",
+                    "none",
+                    " / ".join(str(loss["lost"]) for loss in checks["losses"]),
+                    all(loss["lost"] == 0 for loss in checks["losses"]),
+                )
+                for capacity, checks in kernel["flood_checks"].items()
+                if checks.get("losses")
             ),
             Target(
                 "kernel: established sources kept through a flood",

@@ -103,7 +103,8 @@ def kernel(config: Config, log: Callable[[str], None]) -> dict:
         estimate = counts.estimates[KEY]
         return {
             "sources": config.sources,
-            "table_slots": datapath.capacity,
+            "table_slots": datapath.slots,
+            "max_entries": datapath.capacity,
             "recorded_new": stats["recorded_new"],
             "insert_failed": stats["insert_failed"],
             "evicted": datapath.read_events()["evicted"],

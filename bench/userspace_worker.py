@@ -102,7 +102,7 @@ def run(config: dict) -> dict:
     started = time.perf_counter()
     datapath = DataPath(capacity)
     result["compile_and_load_s"] = time.perf_counter() - started
-    result["table_slots"] = datapath.capacity
+    result["table_slots"] = datapath.slots
     result["rss_mb"]["compile_peak"] = rss_mb()["peak"]
     result["rss_mb"]["after_compile"] = rss_mb()["now"]
     settings = replace(

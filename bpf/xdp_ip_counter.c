@@ -404,7 +404,7 @@ static __always_inline int scan_set(struct set *set, struct source_key *key, __u
         return (last >> TICK_SHIFT) != (now >> TICK_SHIFT) ? COUNTED_NEW_TICK : COUNTED;
     }
     __u64 lowest = BUSY_RANK, seen = 0, free = 0;
-#pragma clang loop unroll(disable)
+#pragma clang loop unroll(disable) /* unrolled by 4: no faster, 30 % more code */
     for (__u64 w = 0; w < WAYS; w++) {
         /* volatile: read again, so that what the matching above learnt of each word (on
          * each of its paths) does not follow it here, and every path's scan is the same one */
@@ -435,6 +435,12 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
     struct scans *scratch = scan_scratch.lookup(&zero);
     if (!first || !second || !scratch)
         return count(OUTCOME_INSERT_FAILED);
+    /* Load the alternate's tag line now, before the primary's is scanned: a new key's second
+     * miss overlaps its first (the flood run: 1.12 -> 0.92 of the first version's added cost;
+     * one test run per new source: 1.72 -> 1.05). A known key in its primary set pays a load
+     * that it does not wait for. */
+    __u64 early = *(volatile __u64 *)&second->tag[0];
+    OPAQUE(early);
     __u64 want = (((hash & 0xffffffffULL) | 1) << 32) & ~SECONDARY;
     struct source_key victim = {};
     int outcome = -1, add = 0, lost = 0;

@@ -9,7 +9,8 @@ array, a view of the mapped map or a copy.
   its two sets), whose counts add up to the key's.
 - `key_hash`, `primary_set`, `alternate_set` and `sets_for` mirror the kernel's placement: each
   key has two sets, in one block of BLOCK_SETS sets; `place` writes entries into an empty table
-  the way the kernel would have (a pinned table carried into a new one, tests).
+  the way the kernel would have (a pinned table carried into a new one, tests), `write_slots`
+  into the slots given.
 """
 
 from __future__ import annotations
@@ -286,15 +287,25 @@ def place(words: np.ndarray, keys: np.ndarray, values: np.ndarray) -> int:
     ordered = set_index[by_set]
     way[by_set] = np.arange(len(ordered)) - np.searchsorted(ordered, ordered, side="left")
 
-    rows = order[placed]
-    slots = np.zeros(len(placed), SLOT_DTYPE)
-    slots["key"] = keys[rows]
-    slots["value"] = values[rows]
-    stamp = (values["last_seen"][rows] >> np.uint64(STAMP_SHIFT)) & np.uint64(STAMP_MASK)
-    tag = tag_hash(hashes[placed])
-    tag[set_index != primary[placed]] |= np.uint64(SECONDARY >> 32)
+    write_slots(words, set_index, way, keys[order[placed]], values[order[placed]])
+    return len(placed)
+
+
+def write_slots(
+    words: np.ndarray, set_index: np.ndarray, way: np.ndarray, keys: np.ndarray, values: np.ndarray
+) -> None:
+    """Write entries into the slots (set_index, way) of a table, with the tag words the kernel
+    writes: the SECONDARY bit for a key in its alternate set, ESTABLISHED past one packet."""
+    hashes = key_hash(keys)
+    slots = np.zeros(len(keys), SLOT_DTYPE)
+    slots["key"] = keys
+    slots["value"] = values
+    stamp = (values["last_seen"] >> np.uint64(STAMP_SHIFT)) & np.uint64(STAMP_MASK)
+    tag = tag_hash(hashes)
+    tag[set_index != primary_set(hashes, len(words)).astype(set_index.dtype)] |= np.uint64(
+        SECONDARY >> 32
+    )
     tag = (tag << np.uint64(32)) | stamp
-    tag[values["packets"][rows] > 1] |= np.uint64(ESTABLISHED)
+    tag[values["packets"] > 1] |= np.uint64(ESTABLISHED)
     words[set_index, way] = tag
     _slots(words)[set_index, way] = slots.view("<u8").reshape(-1, _SLOT_WORDS)
-    return len(placed)
