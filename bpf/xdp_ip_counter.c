@@ -382,8 +382,7 @@ BPF_PERCPU_ARRAY(scan_scratch, struct scans, 1);
  * window grows back over it before it is reused: then the reader merges the two copies (the
  * key's counts over the longer window). */
 static __always_inline int scan_set(struct set *set, struct source_key *key, __u64 want,
-                                    __u64 now, __u32 ip_len, __u64 window_stamps,
-                                    struct scan *out)
+                                    __u64 now, __u32 ip_len, __u64 window_stamps, int which)
 {
     __u64 stamp = (now >> STAMP_SHIFT) & STAMP_MASK;
 #pragma unroll
@@ -415,9 +414,15 @@ static __always_inline int scan_set(struct set *set, struct source_key *key, __u
         lowest = (rank & lower) | (lowest & ~lower);
         seen = (word & lower) | (seen & ~lower);
     }
-    out->lowest = lowest;
-    out->seen = seen;
-    out->free = free;
+    /* Looked up here, not on every frame: a known key never needs it. */
+    __u32 zero = 0;
+    struct scans *scratch = scan_scratch.lookup(&zero);
+    if (scratch) {
+        struct scan *out = &scratch->of[which & 1];
+        out->lowest = lowest;
+        out->seen = seen;
+        out->free = free;
+    }
     return ABSENT;
 }
 
@@ -431,9 +436,7 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
     __u32 alternate = primary ^ (((__u32)(hash >> 16) & (BLOCK_SETS - 1)) | 1);
     struct set *first = sources.lookup(&primary);
     struct set *second = sources.lookup(&alternate);
-    __u32 zero = 0;
-    struct scans *scratch = scan_scratch.lookup(&zero);
-    if (!first || !second || !scratch)
+    if (!first || !second)
         return count(OUTCOME_INSERT_FAILED);
     /* Load the alternate's tag line now, before the primary's is scanned: a new key's second
      * miss overlaps its first (the flood run: 1.12 -> 0.92 of the first version's added cost;
@@ -447,19 +450,21 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
     /* A claim that loses a race scans once more, and then usually finds the winner's key. */
 #pragma unroll
     for (int attempt = 0; attempt < 2; attempt++) {
-        struct scan *a = &scratch->of[0], *b = &scratch->of[1];
-        int found = scan_set(first, key, want, now, ip_len, window_stamps, a);
-        int in_second = 0;
-        if (found == ABSENT) {
-            found = scan_set(second, key, want | SECONDARY, now, ip_len, window_stamps, b);
-            /* the emptier set; when both are full, the lower rank of the two */
-            in_second = b->free > a->free || (a->free == 0 && b->lowest < a->lowest);
-        }
+        int found = scan_set(first, key, want, now, ip_len, window_stamps, 0);
+        if (found == ABSENT)
+            found = scan_set(second, key, want | SECONDARY, now, ip_len, window_stamps, 1);
         if (found == COUNTED || found == COUNTED_NEW_TICK) {
             outcome = OUTCOME_RECORDED;
             add = found == COUNTED_NEW_TICK;
             break;
         }
+        __u32 zero = 0;
+        struct scans *scratch = scan_scratch.lookup(&zero);
+        if (!scratch)
+            break;
+        struct scan *a = &scratch->of[0], *b = &scratch->of[1];
+        /* the emptier set; when both are full, the lower rank of the two */
+        int in_second = b->free > a->free || (a->free == 0 && b->lowest < a->lowest);
         struct set *set = in_second ? second : first;
         __u64 lowest = in_second ? b->lowest : a->lowest;
         __u64 seen = in_second ? b->seen : a->seen;
