@@ -23,7 +23,7 @@ import numpy as np
 from xdp_ip_counter.bpf import DataPath
 from xdp_ip_counter.bpf_syscall import map_update_batch
 from xdp_ip_counter.clock import kernel_clock_ns
-from xdp_ip_counter.layout import KEY_DTYPE, VALUE_DTYPE, WAYS
+from xdp_ip_counter.layout import KEY_DTYPE, ROOMY, VALUE_DTYPE, WAYS
 from xdp_ip_counter.table import (
     alternate_set,
     key_hash,
@@ -168,9 +168,10 @@ def choose_sets(
     keys: np.ndarray, sets: int, room: list[int], wanted: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The keys a table of `sets` sets with room[s] free slots in set s takes, in order, as the
-    kernel takes new keys one at a time: into whichever of its two sets has more free slots
-    (the primary on a tie), and not at all when both are full (the kernel would give an entry
-    up). At most `wanted` keys. Returns their indices in keys and their sets; room is updated."""
+    kernel takes new keys one at a time: into the primary while it has ROOMY free slots or
+    more, else whichever of its two sets has more free slots (the primary on a tie), and not at
+    all when both are full (the kernel would give an entry up). At most `wanted` keys. Returns
+    their indices in keys and their sets; room is updated."""
     hashes = key_hash(keys)
     primary = primary_set(hashes, sets).astype(np.int64)
     alternate = alternate_set(primary, tag_hash(hashes), sets)
@@ -178,7 +179,7 @@ def choose_sets(
     chosen: list[int] = []
     pairs = zip(primary.tolist(), alternate.tolist(), strict=True)
     for number, (first, second) in enumerate(pairs):
-        into = second if room[second] > room[first] else first
+        into = second if room[second] > room[first] and room[first] < ROOMY else first
         if room[into] == 0:
             continue
         room[into] -= 1

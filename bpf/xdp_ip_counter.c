@@ -368,6 +368,12 @@ struct scan {
     __u64 free;
 };
 
+/* A primary set with ROOMY free slots or more takes a new key without the alternate's slots
+ * being ranked (the emptier of the two otherwise): while a table fills to max_entries 61 % of
+ * its new keys skip that work, and no set overflowed in simulation (0 of 262,144 and of
+ * 1,048,576, two trials each; at 4, 3 of 1,048,576 were lost). */
+#define ROOMY 5
+
 /* The two scans of a new key live in a per-CPU map value, not on the stack: read back from a
  * map, they are values the verifier knows nothing of, so the paths that led to them (a tag
  * hash that matched but not the key, ...) merge instead of multiplying (E2BIG). */
@@ -382,7 +388,8 @@ BPF_PERCPU_ARRAY(scan_scratch, struct scans, 1);
  * window grows back over it before it is reused: then the reader merges the two copies (the
  * key's counts over the longer window). */
 static __always_inline int scan_set(struct set *set, struct source_key *key, __u64 want,
-                                    __u64 now, __u32 ip_len, __u64 window_stamps, int which)
+                                    __u64 now, __u32 ip_len, __u64 window_stamps, int which,
+                                    int rank)
 {
     __u64 stamp = (now >> STAMP_SHIFT) & STAMP_MASK;
 #pragma unroll
@@ -402,6 +409,8 @@ static __always_inline int scan_set(struct set *set, struct source_key *key, __u
             __sync_val_compare_and_swap(&set->tag[w], word, fresh);
         return (last >> TICK_SHIFT) != (now >> TICK_SHIFT) ? COUNTED_NEW_TICK : COUNTED;
     }
+    if (!rank)
+        return ABSENT;
     __u64 lowest = BUSY_RANK, seen = 0, free = 0;
 #pragma clang loop unroll(disable) /* unrolled by 4: no faster, 30 % more code */
     for (__u64 w = 0; w < WAYS; w++) {
@@ -450,9 +459,7 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
     /* A claim that loses a race scans once more, and then usually finds the winner's key. */
 #pragma unroll
     for (int attempt = 0; attempt < 2; attempt++) {
-        int found = scan_set(first, key, want, now, ip_len, window_stamps, 0);
-        if (found == ABSENT)
-            found = scan_set(second, key, want | SECONDARY, now, ip_len, window_stamps, 1);
+        int found = scan_set(first, key, want, now, ip_len, window_stamps, 0, 1);
         if (found == COUNTED || found == COUNTED_NEW_TICK) {
             outcome = OUTCOME_RECORDED;
             add = found == COUNTED_NEW_TICK;
@@ -463,8 +470,19 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
         if (!scratch)
             break;
         struct scan *a = &scratch->of[0], *b = &scratch->of[1];
+        /* The alternate is ranked only when the primary is crowded (below ROOMY free slots):
+         * its tags are always scanned for the key. */
+        int rank_second = a->free < ROOMY;
+        found = scan_set(second, key, want | SECONDARY, now, ip_len, window_stamps, 1,
+                         rank_second);
+        if (found == COUNTED || found == COUNTED_NEW_TICK) {
+            outcome = OUTCOME_RECORDED;
+            add = found == COUNTED_NEW_TICK;
+            break;
+        }
         /* the emptier set; when both are full, the lower rank of the two */
-        int in_second = b->free > a->free || (a->free == 0 && b->lowest < a->lowest);
+        int in_second =
+            rank_second && (b->free > a->free || (a->free == 0 && b->lowest < a->lowest));
         struct set *set = in_second ? second : first;
         __u64 lowest = in_second ? b->lowest : a->lowest;
         __u64 seen = in_second ? b->seen : a->seen;

@@ -56,6 +56,9 @@ STAMP_MASK = (1 << 31) - 1
 ESTABLISHED = 1 << 31
 SECONDARY = 2 << 32
 BLOCK_SETS = 2048
+# A new key takes its primary set when that has ROOMY free slots or more; otherwise the one of
+# its two sets with more free slots (the primary on a tie).
+ROOMY = 5
 
 # The sketch (struct sketch_slot): HLL_P index bits, one byte per register; RING slots per
 # sketch, one per tick of 2**TICK_SHIFT ns; sketches 0..3 are the "other ports" sketches.

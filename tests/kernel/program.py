@@ -36,6 +36,7 @@ from xdp_ip_counter.layout import (
     EVENTS,
     KEY_DTYPE,
     OUTCOMES,
+    ROOMY,
     STAMP_MASK,
     STAMP_SHIFT,
     WAYS,
@@ -105,7 +106,8 @@ def choose_sets(
 ) -> np.ndarray:
     """The set each new KEY_DTYPE key is given when the keys come one after another, one frame
     each, to a table whose sets hold `occupied` live entries (none of them expiring meanwhile):
-    of its two sets, the one with more free slots, the primary on a tie (record()). -1 for a key
+    the primary set while it has ROOMY free slots or more, else the one of its two sets with
+    more free slots, the primary on a tie (record()). -1 for a key
     whose two sets already hold `room` entries each: with room = WAYS, a key that gives up
     another's entry, in a slot of either set. `occupied` (sets,) is updated in place."""
     if occupied is None:
@@ -113,7 +115,7 @@ def choose_sets(
     primary, alternate = key_sets(keys, sets)
     chosen = np.full(len(keys), -1, np.int64)
     for n, (p, a) in enumerate(zip(primary.tolist(), alternate.tolist(), strict=True)):
-        emptier = a if occupied[a] < occupied[p] else p
+        emptier = a if occupied[a] < occupied[p] and WAYS - occupied[p] < ROOMY else p
         if occupied[emptier] < room:
             occupied[emptier] += 1
             chosen[n] = emptier

@@ -143,7 +143,7 @@ def _define(name: str) -> int:
 @pytest.mark.parametrize(
     "name",
     ["WAYS", "STAMP_SHIFT", "STAMP_MASK", "ESTABLISHED", "SECONDARY", "BLOCK_SETS", "HLL_P",
-     "RING", "TICK_SHIFT", "OTHER_SKETCHES"],
+     "RING", "TICK_SHIFT", "OTHER_SKETCHES", "ROOMY"],
 )  # fmt: skip
 def test_constants_match_the_c_source(name: str) -> None:
     """BLOCK_SETS is the C's default; DataPath compiles it with table.block_sets(sets)."""

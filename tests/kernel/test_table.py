@@ -138,15 +138,16 @@ def primary_of(program: ProgramUnderTest, source: Source) -> int:
 
 @pytest.mark.parametrize(
     ("table", "capacity", "per_class"),
-    [("wide", WIDE_CAPACITY, 400), ("small", SMALL_CAPACITY, 1000)],
+    [("wide", WIDE_CAPACITY, 3000), ("small", SMALL_CAPACITY, 1000)],
 )
 def test_keys_are_in_the_set_key_hash_names(
     request: pytest.FixtureRequest, table: str, capacity: int, per_class: int
 ) -> None:
     """Sources sent one after another into an empty table (wide: six blocks of sets; small: a
-    power of two of them, one block): each key is in the one of its two sets that had more
-    free slots when it came (its primary on a tie), once, under the tag word the C describes,
-    SECONDARY set exactly when that is its alternate set; both kinds occur."""
+    power of two of them, one block): each key is in its primary set if that had ROOMY free
+    slots or more when it came, else in the one of its two sets that had more (its primary on
+    a tie), once, under the tag word the C describes, SECONDARY set exactly when that is its
+    alternate set; both kinds occur (enough sources that primaries get crowded)."""
     under_test: ProgramUnderTest = request.getfixturevalue(table)
     datapath = under_test.datapath
     assert datapath.capacity == capacity
