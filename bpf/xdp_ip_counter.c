@@ -80,12 +80,14 @@ static __always_inline __u64 clock_now(void)
  *
  * - Lazy expiry: a slot whose stamp is more than the window (port_filter.window_stamps) old is
  *   free. A key that comes back after that starts a new entry (first seen, counts from zero).
- * - A new key goes to the set with more free slots (the primary on a tie). When neither has
- *   one: the one-packet slot of the two sets seen longest ago (on a tie, the lower way), and
- *   only when there is none the established slot seen longest ago. A flood of one-packet sources churns the one-packet
- *   slots and leaves sources that keep sending where they are (the LRU's active list did that
- *   before). A live slot given up is counted (EVENT_EVICTED) and marks
- *   the victim's sketch as lossy for this tick: its count is an estimate for a window.
+ * - A new key goes to its primary set if that has ROOMY free slots or more, else to the set
+ *   with more free slots (the primary on a tie). When neither has one: the one-packet slot
+ *   of the two sets seen longest ago (on a tie, the lower way), and only when there is none
+ *   the established slot seen longest ago. A flood of one-packet
+ *   sources churns the one-packet slots and leaves sources that keep sending where they are
+ *   (the LRU's active list did that before). A live slot given up is counted (EVENT_EVICTED)
+ *   and marks the victim's sketch as lossy for this tick: its count is an estimate for a
+ *   window.
  * - Claiming: compare-and-exchange of the tag word from the value seen to BUSY, write the key
  *   and the first frame's counts, then publish the tag (an atomic exchange: a full barrier).
  *   Another CPU with the same new key meanwhile claims a second slot (of either set): the

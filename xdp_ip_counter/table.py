@@ -287,16 +287,25 @@ def place(words: np.ndarray, keys: np.ndarray, values: np.ndarray) -> int:
     ordered = set_index[by_set]
     way[by_set] = np.arange(len(ordered)) - np.searchsorted(ordered, ordered, side="left")
 
-    write_slots(words, set_index, way, keys[order[placed]], values[order[placed]])
+    rows = order[placed]
+    write_slots(words, set_index, way, keys[rows], values[rows], hashes=hashes[placed])
     return len(placed)
 
 
 def write_slots(
-    words: np.ndarray, set_index: np.ndarray, way: np.ndarray, keys: np.ndarray, values: np.ndarray
+    words: np.ndarray,
+    set_index: np.ndarray,
+    way: np.ndarray,
+    keys: np.ndarray,
+    values: np.ndarray,
+    *,
+    hashes: np.ndarray | None = None,
 ) -> None:
     """Write entries into the slots (set_index, way) of a table, with the tag words the kernel
-    writes: the SECONDARY bit for a key in its alternate set, ESTABLISHED past one packet."""
-    hashes = key_hash(keys)
+    writes: the SECONDARY bit for a key in its alternate set, ESTABLISHED past one packet.
+    hashes: the keys' key_hash(), when the caller has them."""
+    if hashes is None:
+        hashes = key_hash(keys)
     slots = np.zeros(len(keys), SLOT_DTYPE)
     slots["key"] = keys
     slots["value"] = values
