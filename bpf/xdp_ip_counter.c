@@ -7,6 +7,8 @@
  *   BLOCK_SETS   sets of a block, a power of two: a key's two sets are in one block
  *   NSKETCH      sketches (4 "other ports" sketches + 4 per port with a sketch of its own)
  *   CLOCK_JIFFY_ZERO, CLOCK_TICK_NS   the clock (below), calibrated by xdp_ip_counter/clock.py
+ *   ORDERED_STORES 1 where stores are seen in program order (x86): claim() publishes a slot
+ *                with a plain store
  *
  * Benchmark steps (bench/kernel_cost.py), never set by the daemon:
  *   COARSE_CLOCK  clock_now() calls bpf_ktime_get_coarse_ns() instead of reading jiffies
@@ -26,6 +28,9 @@
 #endif
 #ifndef NSKETCH
 #define NSKETCH 20
+#endif
+#ifndef ORDERED_STORES
+#define ORDERED_STORES 0
 #endif
 #define WAYS 8 /* the verifier gives up (E2BIG) at 16 */
 
@@ -89,7 +94,8 @@ static __always_inline __u64 clock_now(void)
  *   and marks the victim's sketch as lossy for this tick: its count is an estimate for a
  *   window.
  * - Claiming: compare-and-exchange of the tag word from the value seen to BUSY, write the key
- *   and the first frame's counts, then publish the tag (an atomic exchange: a full barrier).
+ *   and the first frame's counts, then publish the tag: a plain store where stores are seen
+ *   in program order (x86, -DORDERED_STORES from the loader), an atomic exchange elsewhere.
  *   Another CPU with the same new key meanwhile claims a second slot (of either set): the
  *   reader (xdp_ip_counter/table.py) merges such duplicates, and the counts add up exactly.
  * - Counts are added atomically: a source sending on several RX queues loses nothing.
@@ -280,27 +286,21 @@ static __always_inline int same_key(const struct source_key *a, const struct sou
     return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2])) == 0;
 }
 
-/* Age of a tag word at stamp, in stamps; another CPU may have stamped it after we read the
- * clock (an age that wrapped past half the range): that is age 0, not very old. */
-static __always_inline __u64 tag_age(__u64 word, __u64 stamp)
-{
-    __u64 age = (stamp - word) & STAMP_MASK;
-    return age > (STAMP_MASK >> 1) ? 0 : age;
-}
-
-/* Whether a slot with this tag word is free at stamp: never used, or not seen for a window. */
+/* Whether a slot with this tag word is free at stamp: never used, or not seen for a window. A
+ * slot stamped by another CPU after our clock read (a stamp above ours) is not free. Stamps
+ * count 2^30 ns from boot in 31 bits: they wrap after 68 years of uptime. */
 static __always_inline int tag_free(__u64 word, __u64 stamp, __u64 window_stamps)
 {
     if (word == 0)
         return 1;
     if ((word >> 32) == 0) /* BUSY */
         return 0;
-    return tag_age(word, stamp) > window_stamps;
+    return (word & STAMP_MASK) + window_stamps < stamp;
 }
 
-/* The scan of a new key's two sets computes ranks without branches: with a branch per way the
- * verifier walks every combination of the 16 ways' outcomes (E2BIG). OPAQUE keeps the compiler
- * from turning the arithmetic back into selects, which BPF lowers to branches. */
+/* A new key's choice of slot is computed without branches: with a branch per way the verifier
+ * walks every combination of the 16 ways' outcomes (E2BIG). OPAQUE keeps the compiler from
+ * turning the arithmetic back into selects, which BPF lowers to branches. */
 #define OPAQUE(x) asm volatile("" : "+r"(x))
 #define BUSY_RANK (~0ULL >> 1)
 
@@ -314,35 +314,59 @@ static __always_inline __u64 below(__u64 a, __u64 b)
     return lt;
 }
 
-/* Eviction rank (lower goes first) with the way in its low WAY_BITS bits, so that the minimum
- * names the victim: free < one-packet < established, older before newer within a class; a
- * BUSY slot ranks BUSY_RANK and is never chosen. tag_free and tag_age without branches. */
-static __always_inline __u64 tag_rank(__u64 word, __u64 w, __u64 stamp, __u64 window_stamps)
+/* tag_free without branches: 1 or 0. */
+static __always_inline __u64 free_bit(__u64 word, __u64 stamp, __u64 window_stamps)
 {
-    __u64 hash = word >> 32;
-    __u64 keyed = below(0, hash);                               /* a key's tag word */
-    __u64 written = below(0, hash | (word & 0xffffffffULL));  /* not 0: keyed or BUSY */
-    __u64 age = (stamp - word) & STAMP_MASK;
-    age &= below(STAMP_MASK >> 1, age) - 1; /* stamped after our clock read: age 0 */
-    __u64 free = (written ^ 1) | (keyed & below(window_stamps, age));
-    __u64 busy = written & (keyed ^ 1);
-    __u64 class = (word & ESTABLISHED) >> 31;
+    __u64 keyed = below(0, word >> 32);
+    __u64 empty = below((word >> 32) | (word & 0xffffffffULL), 1); /* below() takes < 2^63 */
+    return empty | (keyed & below((word & STAMP_MASK) + window_stamps, stamp));
+}
+
+/* Eviction rank of a slot that is not free (lower goes first), with the way in its low
+ * WAY_BITS bits, so that the minimum names the victim: one-packet before established, seen
+ * longest ago first; a BUSY slot ranks BUSY_RANK and is never chosen. */
+static __always_inline __u64 evict_rank(__u64 word, __u64 w)
+{
+    __u64 busy = below(word >> 32, 1);
+    __u64 class = ((word & ESTABLISHED) >> 31) + 1;
     OPAQUE(class);
-    class += 1;
-    __u64 rank = (class << CLASS_SHIFT) | ((STAMP_MASK - age) << WAY_BITS) | w;
-    rank = (rank & (free - 1)) | (w & (0 - free));
+    __u64 rank = (class << CLASS_SHIFT) | ((word & STAMP_MASK) << WAY_BITS) | w;
     return (rank & (busy - 1)) | (BUSY_RANK & (0 - busy));
 }
 
-/* Claim way w of set for key, whose tag word was `seen` when chosen: 1 when that gave up a live
- * entry (its key copied to *victim), 0 when the slot was free, -1 when another CPU changed the
- * tag word since (the caller scans again). */
-static __always_inline int claim(struct set *set, __u32 w, __u64 seen, struct source_key *key,
-                                 __u64 want, __u64 now, __u32 ip_len, __u64 window_stamps,
-                                 struct source_key *victim)
+/* How many ways an 8-bit mask of ways holds (ways_in), and the lowest of them (lowest_way; 8
+ * when none). */
+static __always_inline __u64 ways_in(__u64 mask)
+{
+    __u64 c = mask - ((mask >> 1) & 0x55);
+    c = (c & 0x33) + ((c >> 2) & 0x33);
+    return (c + (c >> 4)) & 0x0f;
+}
+
+static __always_inline __u64 lowest_way(__u64 mask)
+{
+    __u64 bit = mask & (0 - mask);
+    OPAQUE(bit);
+    return below(0, bit & 0xaa) | (below(0, bit & 0xcc) << 1) | (below(0, bit & 0xf0) << 2) |
+           (below(bit, 1) << 3);
+}
+
+/* Claim way w of set for key. Its tag word is read again here: when `free`, the way was
+ * free when chosen and must still be; else it was the victim of eviction rank `rank` (its way
+ * among the key's two sets in the low bits) and must still rank so. Returns 1 when that gave up
+ * a live entry (its key copied to *victim), 0 when the slot was free, -1 when another CPU
+ * changed the tag word since (the caller scans again). */
+static __always_inline int claim(struct set *set, __u32 w, int free, __u64 rank,
+                                 struct source_key *key, __u64 want, __u64 now, __u32 ip_len,
+                                 __u64 window_stamps, struct source_key *victim)
 {
     __u64 stamp = (now >> STAMP_SHIFT) & STAMP_MASK;
     w &= WAYS - 1;
+    __u64 seen = ((volatile __u64 *)set->tag)[w];
+    int changed = free ? !tag_free(seen, stamp, window_stamps)
+                       : evict_rank(seen, rank & (2 * WAYS - 1)) != rank;
+    if (changed)
+        return -1;
     if (__sync_val_compare_and_swap(&set->tag[w], seen, BUSY) != seen)
         return -1;
     struct slot *s = &set->way[w];
@@ -354,44 +378,47 @@ static __always_inline int claim(struct set *set, __u32 w, __u64 seen, struct so
     s->value.packets = 1;
     s->value.bytes = ip_len;
     s->key = *key;
-    __sync_lock_test_and_set(&set->tag[w], want | stamp);
+#if ORDERED_STORES
+    /* x86: stores become visible in program order, so a plain store publishes the slot after
+     * its contents (the compiler is kept from moving them past it). The slot's line, a cache
+     * miss, is then written from the store buffer while the program goes on; an atomic
+     * exchange would wait for it (the flood run, 262,144 with room: 0.83 -> 0.65 of the first
+     * version's added cost with only this changed). */
+    asm volatile("" ::: "memory");
+    *(volatile __u64 *)&set->tag[w] = want | stamp;
+#else
+    __sync_lock_test_and_set(&set->tag[w], want | stamp); /* a full barrier */
+#endif
     return evicted;
 }
 
 #define COUNTED 0          /* counted in the key's slot */
 #define COUNTED_NEW_TICK 1 /* counted in the key's slot, its first frame of this tick */
-#define ABSENT 2           /* not in the set: scan says which slot it would take there */
-
-/* One set as a new key sees it: its lowest tag_rank (the way in its low bits; BUSY_RANK when
- * every slot is BUSY), that way's tag word when read, and how many slots are free. */
-struct scan {
-    __u64 lowest;
-    __u64 seen;
-    __u64 free;
-};
+#define ABSENT 2           /* not in the set */
 
 /* A primary set with ROOMY free slots or more takes a new key without the alternate's slots
- * being ranked (the emptier of the two otherwise): while a table fills to max_entries 61 % of
- * its new keys skip that work, and no set overflowed in simulation (0 of 262,144 and of
+ * being looked at (the emptier of the two otherwise): while a table fills to max_entries 61 %
+ * of its new keys skip that work, and no set overflowed in simulation (0 of 262,144 and of
  * 1,048,576, two trials each; at 4, 3 of 1,048,576 were lost). */
 #define ROOMY 5
 
-/* The two scans of a new key live in a per-CPU map value, not on the stack: read back from a
- * map, they are values the verifier knows nothing of, so the paths that led to them (a tag
- * hash that matched but not the key, ...) merge instead of multiplying (E2BIG). */
+/* What a new key learns of its sets is kept in a per-CPU map value, not on the stack: read back
+ * from a map, they are values the verifier knows nothing of, so the paths that led to them (a
+ * tag hash that matched but not the key, ...) merge instead of multiplying (E2BIG). */
 struct scans {
-    struct scan of[2];
+    __u64 free[2];  /* per set (primary, alternate): bit w set when way w is free */
+    __u64 lowest;   /* the victim when neither set has a free way: its evict_rank */
 };
 BPF_PERCPU_ARRAY(scan_scratch, struct scans, 1);
 
-/* Count the frame in the key's live slot of the set (tag hash `want`), or scan the set for a
- * slot. A slot of the key that has expired is free like any other: the key starts a new entry
- * in the lowest-ranked slot, maybe another one. The expired copy is not read again unless the
- * window grows back over it before it is reused: then the reader merges the two copies (the
- * key's counts over the longer window). */
+/* Count the frame in the key's live slot of the set (tag hash `want`); else, if `look`, note
+ * the set's free ways. A slot of the key that has expired is free like any other: the key
+ * starts a new entry in the lowest free way, maybe another one. The expired copy is not read
+ * again unless the window grows back over it before it is reused: then the reader merges the
+ * two copies (the key's counts over the longer window). */
 static __always_inline int scan_set(struct set *set, struct source_key *key, __u64 want,
                                     __u64 now, __u32 ip_len, __u64 window_stamps, int which,
-                                    int rank)
+                                    int look)
 {
     __u64 stamp = (now >> STAMP_SHIFT) & STAMP_MASK;
 #pragma unroll
@@ -411,30 +438,48 @@ static __always_inline int scan_set(struct set *set, struct source_key *key, __u
             __sync_val_compare_and_swap(&set->tag[w], word, fresh);
         return (last >> TICK_SHIFT) != (now >> TICK_SHIFT) ? COUNTED_NEW_TICK : COUNTED;
     }
-    if (!rank)
+    if (!look)
         return ABSENT;
-    __u64 lowest = BUSY_RANK, seen = 0, free = 0;
-#pragma clang loop unroll(disable) /* unrolled by 4: no faster, 30 % more code */
-    for (__u64 w = 0; w < WAYS; w++) {
+    __u64 free = 0;
+#pragma unroll
+    for (int w = 0; w < WAYS; w++) {
         /* volatile: read again, so that what the matching above learnt of each word (on
          * each of its paths) does not follow it here, and every path's scan is the same one */
         __u64 word = ((volatile __u64 *)set->tag)[w];
-        __u64 rank = tag_rank(word, w, stamp, window_stamps);
-        free += below(rank, 1 << WAY_BITS);
-        __u64 lower = 0 - below(rank, lowest); /* all ones when rank < lowest */
-        lowest = (rank & lower) | (lowest & ~lower);
-        seen = (word & lower) | (seen & ~lower);
+        free |= free_bit(word, stamp, window_stamps) << w;
     }
     /* Looked up here, not on every frame: a known key never needs it. */
     __u32 zero = 0;
     struct scans *scratch = scan_scratch.lookup(&zero);
-    if (scratch) {
-        struct scan *out = &scratch->of[which & 1];
-        out->lowest = lowest;
-        out->seen = seen;
-        out->free = free;
-    }
+    if (scratch)
+        scratch->free[which & 1] = free;
     return ABSENT;
+}
+
+static __always_inline __u64 lower_rank(__u64 a, __u64 b)
+{
+    __u64 lower = 0 - below(a, b); /* all ones when a < b */
+    return (a & lower) | (b & ~lower);
+}
+
+/* Neither of a new key's sets has a free way: the victim is the slot of lowest evict_rank of
+ * the two, the primary's ways numbered 0-7 and the alternate's 8-15 (the primary's on a tie),
+ * noted in the scratch. Two chains of minima, one per set, side by side. (Unrolled, the
+ * verifier walks it on every path that gets here: E2BIG.) */
+static __always_inline void choose_victim(struct set *first, struct set *second)
+{
+    __u64 low_first = BUSY_RANK, low_second = BUSY_RANK;
+#pragma clang loop unroll(disable)
+    for (__u64 w = 0; w < WAYS; w++) {
+        __u64 a = ((volatile __u64 *)first->tag)[w];
+        __u64 b = ((volatile __u64 *)second->tag)[w];
+        low_first = lower_rank(evict_rank(a, w), low_first);
+        low_second = lower_rank(evict_rank(b, WAYS + w), low_second);
+    }
+    __u32 zero = 0;
+    struct scans *scratch = scan_scratch.lookup(&zero);
+    if (scratch)
+        scratch->lowest = lower_rank(low_first, low_second);
 }
 
 static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 window_stamps)
@@ -471,28 +516,39 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
         struct scans *scratch = scan_scratch.lookup(&zero);
         if (!scratch)
             break;
-        struct scan *a = &scratch->of[0], *b = &scratch->of[1];
-        /* The alternate is ranked only when the primary is crowded (below ROOMY free slots):
-         * its tags are always scanned for the key. */
-        int rank_second = a->free < ROOMY;
-        found = scan_set(second, key, want | SECONDARY, now, ip_len, window_stamps, 1,
-                         rank_second);
+        __u64 room_first = ways_in(scratch->free[0]);
+        /* The alternate's free ways are looked at only when the primary is crowded (below
+         * ROOMY free ways): its tags are always scanned for the key. */
+        int crowded = room_first < ROOMY;
+        found = scan_set(second, key, want | SECONDARY, now, ip_len, window_stamps, 1, crowded);
         if (found == COUNTED || found == COUNTED_NEW_TICK) {
             outcome = OUTCOME_RECORDED;
             add = found == COUNTED_NEW_TICK;
             break;
         }
-        /* the emptier set; when both are full, the lower rank of the two */
-        int in_second =
-            rank_second && (b->free > a->free || (a->free == 0 && b->lowest < a->lowest));
+        /* the emptier set (the primary on a tie); when neither has a free way, a victim */
+        __u64 free = scratch->free[0];
+        int in_second = 0;
+        if (crowded) {
+            __u64 room_second = ways_in(scratch->free[1]);
+            in_second = room_second > room_first;
+            free = in_second ? scratch->free[1] : free;
+        }
+        __u64 w = lowest_way(free & 0xff);
+        __u64 rank = 0;
+        int free_way = 1;
+        if (w >= WAYS) {
+            choose_victim(first, second);
+            rank = scratch->lowest;
+            if (rank == BUSY_RANK)
+                continue; /* every slot of both sets is being written */
+            w = rank & (2 * WAYS - 1);
+            in_second = w >= WAYS;
+            free_way = 0;
+        }
         struct set *set = in_second ? second : first;
-        __u64 lowest = in_second ? b->lowest : a->lowest;
-        __u64 seen = in_second ? b->seen : a->seen;
-        if (lowest == BUSY_RANK)
-            continue; /* every slot of the set is being written */
-        int claimed = claim(set, lowest & ((1 << WAY_BITS) - 1), seen, key,
-                            in_second ? want | SECONDARY : want, now, ip_len, window_stamps,
-                            &victim);
+        int claimed = claim(set, w, free_way, rank, key, in_second ? want | SECONDARY : want,
+                            now, ip_len, window_stamps, &victim);
         if (claimed >= 0) {
             outcome = OUTCOME_RECORDED_NEW;
             add = 1;

@@ -16,6 +16,7 @@ import json
 import logging
 import mmap
 import os
+import platform
 import socket
 import struct
 import sys
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 PROGRAM_FILE = "xdp_ip_counter.c"
 _KEY_ZERO = struct.pack("=I", 0)
 FUNCTION = "xdp_ip_counter"
+# Machines whose stores become visible to other CPUs in program order (x86-TSO): there the
+# program publishes a new slot's tag with a plain store after its contents (bpf/, claim()).
+ORDERED_STORES_MACHINES = frozenset({"x86_64", "amd64", "i686", "i386"})
 
 
 class CompileError(RuntimeError):
@@ -245,7 +249,10 @@ class DataPath:
             f"-DCLOCK_TICK_NS={self.clock.tick_ns}ULL",
             "-Wno-unused-function",
         ]
-        cflags += [f"-D{name}={value}" for name, value in (defines or {}).items()]
+        defines = {
+            "ORDERED_STORES": str(int(platform.machine() in ORDERED_STORES_MACHINES))
+        } | dict(defines or {})
+        cflags += [f"-D{name}={value}" for name, value in defines.items()]
         try:
             self.prog_fd, self._maps = _load_in_child(directory / PROGRAM_FILE, cflags)
         except CompileError as exc:

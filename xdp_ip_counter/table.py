@@ -110,7 +110,8 @@ def _slots(words: np.ndarray) -> np.ndarray:
 def live_mask(tags: np.ndarray, now_ns: int, window_s: int) -> np.ndarray:
     """Which slots hold an entry the kernel has not let go: tag's hash part set (not free, not
     being written) and stamp at most window_stamps old. An age past half the stamp's range is a
-    stamp written after now_ns was read (the kernel's tag_age): fresh, not old."""
+    stamp written after now_ns was read (above it, as the kernel's tag_free sees it): fresh, not
+    old."""
     stamp = np.uint64((int(now_ns) >> STAMP_SHIFT) & STAMP_MASK)
     age = (stamp - (tags & np.uint64(STAMP_MASK))) & np.uint64(STAMP_MASK)
     fresh = (age <= np.uint64(window_stamps(window_s))) | (age > np.uint64(STAMP_MASK >> 1))

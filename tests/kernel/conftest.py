@@ -83,6 +83,25 @@ def wide(require_root: None, wide_datapath: DataPath) -> ProgramUnderTest:
     return _under_test(wide_datapath)
 
 
+@pytest.fixture(params=["store", "exchange"])
+def wide_publishing(
+    request: pytest.FixtureRequest, require_root: None, wide_datapath: DataPath
+) -> Iterator[ProgramUnderTest]:
+    """The wide program publishing a new slot's tag as the loader builds it here (a plain
+    store on x86), then built to publish with an atomic exchange (as on machines whose stores
+    may be seen out of order: -DORDERED_STORES=0)."""
+    if request.param == "store":
+        yield _under_test(wide_datapath)
+        return
+    datapath = DataPath(
+        WIDE_CAPACITY, SketchPlan.initial([OWN_PORT], []), defines={"ORDERED_STORES": "0"}
+    )
+    try:
+        yield _under_test(datapath)
+    finally:
+        datapath.close()
+
+
 @pytest.fixture
 def small(require_root: None, small_datapath: DataPath) -> ProgramUnderTest:
     """The session's small program, every port watched, the table and sketches empty."""

@@ -324,7 +324,7 @@ def test_many_sources_several_frames_each_are_counted_exactly(wide: ProgramUnder
 
 
 def test_two_cpus_sending_and_a_reader_neither_lose_nor_double_count(
-    wide: ProgramUnderTest,
+    wide_publishing: ProgramUnderTest,
 ) -> None:
     """Two threads, each pinned to its own CPU, run the same sources through the program at
     once (BPF_PROG_TEST_RUN runs on the calling CPU) while this thread reads the table over and
@@ -333,7 +333,9 @@ def test_two_cpus_sending_and_a_reader_neither_lose_nor_double_count(
     source has exactly its frames, from both CPUs. Claims of one new key raced by both CPUs
     leave duplicate slots (in one set of the key or in each): the reader merges them; there is
     room for a duplicate of every key wherever the CPUs put them (at most WAYS / 2 sources have
-    a set among their two), so nothing is evicted."""
+    a set among their two), so nothing is evicted. Both ways of publishing a new slot: a plain
+    store (x86) and an atomic exchange."""
+    wide = wide_publishing
     cpus = sorted(os.sched_getaffinity(0))
     require(len(cpus) >= 2, "needs two CPUs to run the program on two at once")
     datapath = wide.datapath
