@@ -116,13 +116,14 @@ def product(
     *,
     defines: Mapping[str, str] | None = None,
     varying: bool = False,
+    new_source_budget: int = 0,
 ) -> DataPath:
     """The product with a table of at least `capacity` slots, configured as the daemon would
-    for these ports and window (ports listed get sketches of their own)."""
+    for these ports, window and new-source budget (ports listed get sketches of their own)."""
     plan = SketchPlan.initial(ports.ports, ())
     with _wrapped_source_dir() if varying else contextlib.nullcontext():
         datapath = DataPath(capacity, plan, defines=defines)
-    datapath.configure(ports, window, plan)
+    datapath.configure(ports, window, plan, new_source_budget=new_source_budget)
     return datapath
 
 

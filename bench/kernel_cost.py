@@ -59,6 +59,8 @@ FIRST = "LRU hash per frame (first version)"
 COARSE = "project, coarse clock helper"
 PROJECT = "project"
 NO_SKETCH = "project without the sketch update"
+BUDGET = 1000  # new sources per second and CPU: 8,590 per tick of 8.6 s
+BUDGETED = f"project, new_source_budget {BUDGET}"
 # The hot path's steps: the -D switches the product is built with (None: the first version).
 STEPS = {
     PARSE: {"PARSE_ONLY": "1"},
@@ -66,7 +68,7 @@ STEPS = {
     COARSE: {"COARSE_CLOCK": "1"},
     PROJECT: {},
 }
-FLOOD_CONTENDERS = (FIRST, PROJECT, NO_SKETCH)
+FLOOD_CONTENDERS = (FIRST, PROJECT, NO_SKETCH, BUDGETED)
 
 CASES = {
     "hot path IPv4": frames.small_v4("10.1.0.2", 53),
@@ -356,6 +358,7 @@ def _flood_runs(capacity: int, config: Config, log) -> tuple[list[dict], dict]:
             NO_SKETCH: contenders.product(
                 capacity, PORTS, defines={"NO_SKETCH": "1"}, varying=True
             ),
+            BUDGETED: contenders.product(capacity, PORTS, varying=True, new_source_budget=BUDGET),
         }
         for datapath in tables.values():
             stack.enter_context(closing(datapath))
@@ -382,6 +385,7 @@ def _flood_runs(capacity: int, config: Config, log) -> tuple[list[dict], dict]:
         log(f"kernel: flood run, table of {capacity} with room")
         per_run = max(capacity // (2 * config.rounds), 1)
         before = _counters(tables[PROJECT])
+        before_budgeted = _counters(tables[BUDGETED])
         add(
             "room",
             per_run,
@@ -390,6 +394,7 @@ def _flood_runs(capacity: int, config: Config, log) -> tuple[list[dict], dict]:
         checks = {
             "slots": tables[PROJECT].slots,
             "room": _outcomes(tables[PROJECT], before, config.rounds * per_run),
+            "room_budgeted": _outcomes(tables[BUDGETED], before_budgeted, config.rounds * per_run),
         }
 
         log(f"kernel: flood run, table of {capacity} full")
@@ -398,9 +403,13 @@ def _flood_runs(capacity: int, config: Config, log) -> tuple[list[dict], dict]:
             fill.fill_table(datapath, None, established=2)
         full_per_run = config.flood_full_repeat
         before = _counters(tables[PROJECT])
+        before_budgeted = _counters(tables[BUDGETED])
         series = _series(empty, runners, [frame] * config.rounds, full_per_run)
         add("full", full_per_run, _figures(*series, FIRST))
         checks["full"] = _outcomes(tables[PROJECT], before, config.rounds * full_per_run)
+        checks["full_budgeted"] = _outcomes(
+            tables[BUDGETED], before_budgeted, config.rounds * full_per_run
+        )
         checks["first_version_entries"] = _lru_entries(first.sources_fd, capacity)
 
         log(f"kernel: a flood of one-packet sources past sources that keep sending ({capacity})")

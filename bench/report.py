@@ -95,6 +95,7 @@ def flood_table(kernel: dict) -> Iterator[str]:
             f"{kept['flood']} one-packet sources ({kept['evicted_during_flood']} evictions; "
             f"{kept['sets_full_of_established']} sets held only established sources)."
             + "".join(_losses_sentence(checks.get("losses", [])))
+            + "".join(_budget_sentence(checks))
         )
     exact = kernel["exactness_two_cpus"]
     yield (
@@ -131,6 +132,16 @@ def _losses_sentence(losses: list[dict]) -> Iterator[str]:
             f"{loss['load']:.0%} {loss['lost']} of {loss['sources']}" for loss in losses
         )
         yield f" Sources lost, by load of max_entries: {each}."
+
+
+def _budget_sentence(checks: dict) -> Iterator[str]:
+    for table in ("room", "full"):
+        budgeted = checks.get(f"{table}_budgeted")
+        if budgeted:
+            yield (
+                f" With the new-source budget ({table}): {budgeted.get('recorded_new', 0)} "
+                f"new entries, {budgeted.get('not_admitted', 0)} not admitted."
+            )
 
 
 def throughput_table(throughput: dict) -> Iterator[str]:

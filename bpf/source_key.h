@@ -22,10 +22,12 @@ struct source_key {
 
 /* The program's configuration. Watched destination ports: bit (port % 64) of bits[port / 64];
  * all_ports != 0 watches all. window_stamps: the window in units of 2^30 ns, rounded up, for
- * the sources table's lazy expiry (xdp_ip_counter.c). */
+ * the sources table's lazy expiry (xdp_ip_counter.c). admit_per_tick: new sources a CPU may
+ * put in the table per tick of the sketches (the new_source_budget setting), 0 for no limit. */
 struct port_filter {
     __u64 all_ports;
     __u64 window_stamps;
+    __u64 admit_per_tick;
     __u64 bits[1024];
 };
 
@@ -40,6 +42,7 @@ enum outcome {
     OUTCOME_MALFORMED,
     OUTCOME_TOO_DEEP,
     OUTCOME_INSERT_FAILED,
+    OUTCOME_NOT_ADMITTED,
     OUTCOME_MAX,
 };
 

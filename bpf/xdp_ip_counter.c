@@ -151,8 +151,11 @@ static __always_inline int count(__u32 outcome)
  *   one register can leave it at the lower rank of the two (never higher).
  * - A source goes into the sketch on its first frame of each tick (a new entry, or an entry
  *   last seen in an earlier tick): the hot path of a known source does not touch the sketch.
- * - lost: sources of this sketch's port that the table gave up in this tick (evicted, or a
- *   claim lost twice): while a tick of the window has any, the port's count is the estimate.
+ * - lost: not 0 once the table gave up a source of this sketch's port in this tick (evicted,
+ *   a claim lost twice, or not admitted past the new-source budget): while a tick of the
+ *   window has it, the port's count is the estimate. A mark, not a count: the first loss of a
+ *   tick writes it, later ones only read it (an atomic add per loss made every CPU in a flood
+ *   write one shared line).
  */
 #ifndef HLL_P
 #define HLL_P 14
@@ -255,7 +258,7 @@ static __always_inline void sketch_add(const struct source_key *key, __u64 now)
 static __always_inline void sketch_lost(const struct source_key *key, __u64 now)
 {
     struct sketch_slot *slot = sketch_slot_of(key, now);
-    if (slot)
+    if (slot && slot->lost == 0)
         __sync_fetch_and_add(&slot->lost, 1);
 }
 
@@ -482,7 +485,38 @@ static __always_inline void choose_victim(struct set *first, struct set *second)
         scratch->lowest = lower_rank(low_first, low_second);
 }
 
-static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 window_stamps)
+/* The new-source budget: each CPU lets admit_per_tick new keys into the table per tick of the
+ * sketches (port_filter.admit_per_tick; 0 for no limit). Past it a new key is counted in its
+ * sketch only and marks its port lossy: it bounds what a flood of new sources costs a frame (no
+ * slot is chosen, claimed or written), and new sources that arrive during the flood are not
+ * listed until a tick after it. Per CPU, so no CPU waits for another. */
+struct admission {
+    __u64 tick;
+    __u64 admitted;
+};
+BPF_PERCPU_ARRAY(admissions, struct admission, 1);
+
+static __always_inline int admit(__u64 budget, __u64 now)
+{
+    if (budget == 0)
+        return 1;
+    __u32 zero = 0;
+    struct admission *a = admissions.lookup(&zero);
+    if (!a)
+        return 1;
+    __u64 tick = now >> TICK_SHIFT;
+    if (a->tick != tick) {
+        a->tick = tick;
+        a->admitted = 0;
+    }
+    if (a->admitted >= budget)
+        return 0;
+    a->admitted += 1;
+    return 1;
+}
+
+static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 window_stamps,
+                                  __u64 budget)
 {
     __u64 now = clock_now();
     __u64 hash = key_hash(key);
@@ -526,6 +560,10 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
             add = found == COUNTED_NEW_TICK;
             break;
         }
+        if (attempt == 0 && !admit(budget, now)) {
+            outcome = OUTCOME_NOT_ADMITTED;
+            break;
+        }
         /* the emptier set (the primary on a tie); when neither has a free way, a victim */
         __u64 free = scratch->free[0];
         int in_second = 0;
@@ -556,8 +594,10 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
             break;
         }
     }
-    if (outcome < 0) { /* not in the table: in the sketch only, and its port is lossy */
-        outcome = OUTCOME_INSERT_FAILED;
+    if (outcome < 0 || outcome == OUTCOME_NOT_ADMITTED) {
+        /* not in the table: in the sketch only, and its port is lossy */
+        if (outcome < 0)
+            outcome = OUTCOME_INSERT_FAILED;
         victim = *key;
         add = 1;
         lost = 1;
@@ -587,6 +627,6 @@ int xdp_ip_counter(struct xdp_md *ctx)
 #ifdef PARSE_ONLY
     return count(OUTCOME_RECORDED);
 #else
-    return record(&key, ip_len, filter->window_stamps);
+    return record(&key, ip_len, filter->window_stamps, filter->admit_per_tick);
 #endif
 }

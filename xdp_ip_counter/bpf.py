@@ -34,7 +34,7 @@ from .clock import KernelClock, kernel_clock
 from .config import PortFilter
 from .layout import BLOCK_SETS, EVENTS, OUTCOMES, SET_DTYPE, SET_WORDS, SKETCH_SLOT_DTYPE, WAYS
 from .sketch import SketchPlan
-from .table import block_sets, read_live_entries, sets_for, window_stamps
+from .table import admit_per_tick, block_sets, read_live_entries, sets_for, window_stamps
 
 log = logging.getLogger(__name__)
 
@@ -284,19 +284,31 @@ class DataPath:
 
     # -- configuration ---------------------------------------------------------------------
 
-    def _write_filter(self, all_ports: bool, ports: Iterable[int], window: int) -> None:
-        """struct port_filter: all_ports, window_stamps, then the 1024 words of the bitmap."""
-        value = np.zeros(2 + 1024, np.uint64)
+    def _write_filter(
+        self, all_ports: bool, ports: Iterable[int], window: int, new_source_budget: int
+    ) -> None:
+        """struct port_filter: all_ports, window_stamps, admit_per_tick, then the 1024 words of
+        the bitmap."""
+        value = np.zeros(3 + 1024, np.uint64)
         value[0] = 1 if all_ports else 0
         value[1] = window_stamps(window)
+        value[2] = admit_per_tick(new_source_budget)
         for port in ports:
-            value[2 + (port >> 6)] |= np.uint64(1 << (port & 63))
+            value[3 + (port >> 6)] |= np.uint64(1 << (port & 63))
         bpf_syscall.map_update(self._maps["port_filter"].fd, _KEY_ZERO, value.tobytes())
 
-    def configure(self, ports: PortFilter, window: int, plan: SketchPlan | None = None) -> None:
-        """Write the watched ports, the window (the table's lazy expiry) and the ports' sketch
-        ids; safe while attached: a port watched before and after is never filtered out in
-        between (the union is written first, then the new set), and the longer of the two
+    def configure(
+        self,
+        ports: PortFilter,
+        window: int,
+        plan: SketchPlan | None = None,
+        *,
+        new_source_budget: int = 0,
+    ) -> None:
+        """Write the watched ports, the window (the table's lazy expiry), the new-source budget
+        (new sources per second and CPU that enter the table, 0 for no limit) and the ports'
+        sketch ids; safe while attached: a port watched before and after is never filtered out
+        in between (the union is written first, then the new set), and the longer of the two
         windows holds meanwhile. `plan` must keep the sketches the map was made for."""
         if plan is not None:
             if plan.sketches != self.plan.sketches:
@@ -309,8 +321,9 @@ class DataPath:
                 self.ports.all_ports or ports.all_ports,
                 self.ports.ports | ports.ports,
                 max(self.window or window, window),
+                new_source_budget,
             )
-        self._write_filter(ports.all_ports, ports.ports, window)
+        self._write_filter(ports.all_ports, ports.ports, window, new_source_budget)
         self.ports = ports
         self.window = window
 

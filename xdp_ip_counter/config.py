@@ -33,6 +33,9 @@ WINDOW_STEP = 10
 # at load time.
 MAX_ENTRIES_LIMIT = 1 << 27
 
+# New sources per second and CPU: 10**8 is more than a CPU can parse; a larger number is a typo.
+NEW_SOURCE_BUDGET_LIMIT = 100_000_000
+
 XDP_MODES = ("skb", "native")
 
 # Linux interface names: at most IFNAMSIZ - 1 bytes, no '/', no whitespace (dev_valid_name()).
@@ -377,6 +380,11 @@ def _absolute_path(text: str, where: str) -> str:
     return str(Path(text).absolute()) if text else ""
 
 
+def _number_or_off(value: int) -> str:
+    """A limit as shown, "off" for 0 (no limit)."""
+    return str(value) if value else "off"
+
+
 def _interface_changes(before: tuple[str, ...], after: tuple[str, ...]) -> str:
     added = [name for name in after if name not in before]
     removed = [name for name in before if name not in after]
@@ -561,6 +569,17 @@ SETTINGS: tuple[Setting, ...] = (
         apply=Apply.MAP,
         from_flag=_integer,
     ),
+    Setting(
+        key="new_source_budget",
+        flags=("--new-source-budget",),
+        metavar="N",
+        help="New sources per second and CPU that enter the exact table; past it a new source "
+        "is counted in its port's sketch only (the count becomes an estimate); 0 for no budget",
+        file_types=(int,),
+        check=partial(_check_int, low=0, high=NEW_SOURCE_BUDGET_LIMIT),
+        from_flag=_integer,
+        show=_number_or_off,
+    ),
     # Not in --help: shorter refresh cycles are for tests (the key is documented).
     Setting(
         key="refresh_interval",
@@ -623,6 +642,7 @@ class Settings:
     serve_ip_list: bool = False
     xdp_mode: str = "skb"
     max_entries: int = 262144
+    new_source_budget: int = 0  # new sources per second and CPU into the table; 0 = no budget
     refresh_interval: int = 10
     pin_path: str = ""  # a bpffs directory to keep the sources map in across restarts; "" = off
     web_config_file: str = ""  # TLS and basic auth (exporter-toolkit format, web/config.py); "" off
@@ -664,6 +684,7 @@ class Settings:
             f"window {self.window}s (refresh every {self.refresh_interval}s); "
             f"serving {listen}:{self.server_port}, ip list {ip_list}{web}; "
             f"xdp mode {self.xdp_mode}; max entries {self.max_entries}; "
+            f"new source budget {_number_or_off(self.new_source_budget)}; "
             f"fleet ports {','.join(map(str, self.fleet_ports)) or 'none'}; config file {source}"
         )
 

@@ -34,6 +34,9 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
+# The settings _configure writes into the kernel: a reload that changes one of them rewrites it.
+KERNEL_SETTINGS = ("ports", "window", "fleet_ports", "new_source_budget")
+
 
 class WallClock:
     """Kernel monotonic ns -> wall-clock seconds, with an offset that stays put between
@@ -187,8 +190,8 @@ class Daemon:
         return web
 
     def _configure(self, settings: Settings) -> None:
-        """Ports, window and sketch ids into the kernel; ports left without a sketch of their
-        own (no room in the map made at start-up) are named in the log."""
+        """Ports, window, new-source budget and sketch ids into the kernel; ports left without a
+        sketch of their own (no room in the map made at start-up) are named in the log."""
         assert self._datapath is not None
         plan = self._datapath.plan.updated(settings.ports.ports, settings.fleet_ports)
         left_out = plan.left_out(settings.ports.ports, settings.fleet_ports)
@@ -201,7 +204,12 @@ class Daemon:
                 plan.capacity,
                 ",".join(map(str, left_out[:20])) + (",..." if len(left_out) > 20 else ""),
             )
-        self._datapath.configure(settings.ports, settings.window, plan)
+        self._datapath.configure(
+            settings.ports,
+            settings.window,
+            plan,
+            new_source_budget=settings.new_source_budget,
+        )
 
     def _attach(self, ifname: str) -> None:
         assert self._datapath is not None
@@ -340,7 +348,7 @@ class Daemon:
             for ifname in attached:
                 self._datapath.detach(ifname)
             raise
-        if (new.ports, new.window, new.fleet_ports) != (old.ports, old.window, old.fleet_ports):
+        if any(getattr(new, name) != getattr(old, name) for name in KERNEL_SETTINGS):
             self._configure(new)
         for ifname in removed:
             self._datapath.detach(ifname)

@@ -79,6 +79,7 @@ OUTCOMES = (
     "malformed",  # truncated or invalid at some layer
     "too_deep",  # more VLAN tags or IPv6 extension headers than the parser walks
     "insert_failed",  # a new key that could not be given a slot (two claims lost to races)
+    "not_admitted",  # a new key past its CPU's new_source_budget for the tick: sketch only
 )
 # Counted after the outcomes in the same per-CPU array (enum event).
 EVENTS = (

@@ -27,6 +27,7 @@ from .layout import (
     SLOT_DTYPE,
     STAMP_MASK,
     STAMP_SHIFT,
+    TICK_SHIFT,
     VALUE_DTYPE,
     WAYS,
 )
@@ -79,6 +80,12 @@ def window_stamps(window_s: int) -> int:
     """The window in the tag's stamp units (2**30 ns), rounded up: what the kernel's lazy
     expiry compares ages with (port_filter.window_stamps)."""
     return -(-int(window_s) * 1_000_000_000 // (1 << STAMP_SHIFT))
+
+
+def admit_per_tick(new_sources_per_second: int) -> int:
+    """The new-source budget (new sources per second and CPU, 0 for no limit) as the kernel
+    counts it: new sources per tick of the sketches (2**TICK_SHIFT ns), rounded up."""
+    return -(-int(new_sources_per_second) * (1 << TICK_SHIFT) // 1_000_000_000)
 
 
 def key_hash(keys: np.ndarray) -> np.ndarray:

@@ -112,6 +112,11 @@ def test_flood_run_records_every_new_source(require_root: None, results: dict) -
         # Full: every new source gave up a live entry, and the table stayed full.
         assert full["evicted"] == full["frames_given"], capacity
         assert full["live_entries"] == checks["slots"], capacity
+        # With the budget, each new source either took a slot or was not admitted.
+        for budgeted in (checks["room_budgeted"], checks["full_budgeted"]):
+            admitted = budgeted.get("recorded_new", 0)
+            assert admitted + budgeted.get("not_admitted", 0) == budgeted["frames_given"] > 0
+            assert admitted > 0, capacity
         assert checks["first_version_entries"] > 0, capacity
         # Exact below capacity: a table filled up to max_entries lost no source.
         assert [row["load"] for row in checks["losses"]] == list(kernel_cost.SMOKE.loads)

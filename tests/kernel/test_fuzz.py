@@ -54,6 +54,8 @@ DEFAULT_FRAMES = 20_000
 # chunk checks the evicted event) and "new" vs "known" key is exactly predictable.
 CHUNK_FRAMES = 8192
 CAPACITY = 4 * CHUNK_FRAMES
+# Outcomes of the table, not of the parse: a race lost twice, a new-source budget.
+NOT_FUZZED = frozenset({"insert_failed", "not_admitted"})
 MIN_FRAME = 14  # BPF_PROG_TEST_RUN refuses XDP frames shorter than an Ethernet header
 MAX_FRAME = 1600  # well inside one page: the frame stays linear (no XDP frags)
 
@@ -621,8 +623,9 @@ def test_fuzz(fuzz_target: FuzzTarget) -> None:
         f"recorded and checked; kinds {dict(kinds)}; outcomes {dict(+outcomes_total)}; {replay}"
     )
     if total >= 5000:
-        # The mix must reach every outcome but insert_failed, or it tests less than it claims.
-        unreached = [o for o in OUTCOMES if o != "insert_failed" and not outcomes_total[o]]
+        # The mix must reach every outcome of the parse, or it tests less than it claims (the
+        # fuzzed program has room and no budget).
+        unreached = [o for o in OUTCOMES if o not in NOT_FUZZED and not outcomes_total[o]]
         assert not unreached, f"the frame mix never produced {unreached}; {replay}"
 
 
@@ -661,4 +664,4 @@ def test_reference_parser_agrees_with_the_hand_built_frames() -> None:
     assert {kind for kind, _ in frames} == set(FrameFactory.KINDS)
     assert all(MIN_FRAME <= len(data) <= MAX_FRAME for _, data in frames)
     reached = Counter(expected_outcome(data, watched, lo)[0] for _, data in frames)
-    assert set(reached) == set(OUTCOMES) - {"recorded_new", "insert_failed"}, reached
+    assert set(reached) == set(OUTCOMES) - {"recorded_new", *NOT_FUZZED}, reached

@@ -72,13 +72,15 @@ def test_the_slot_and_the_set_in_words() -> None:
 
 
 def test_port_filter_and_sketch_ids_as_the_data_path_writes_them(datapath: DataPath) -> None:
-    """DataPath writes struct port_filter as words (all_ports, window_stamps, 1024 bitmap words)
+    """DataPath writes struct port_filter as words (all_ports, window_stamps, admit_per_tick,
+    1024 bitmap words)
     and reads sketch_of_port as four uint16 ids per port."""
     port_filter = datapath.table("port_filter")
     assert list(port_filter.value_fields) == [
         ("all_ports", 0, 8),
         ("window_stamps", 8, 8),
-        ("bits", 16, 8 * 1024),
+        ("admit_per_tick", 16, 8),
+        ("bits", 24, 8 * 1024),
     ]
     ids = datapath.table("sketch_of_port")
     assert list(ids.value_fields) == [("id", 0, 8)]

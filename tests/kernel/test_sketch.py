@@ -111,7 +111,8 @@ def test_registers_are_the_numpy_sketch_bit_for_bit(wide: ProgramUnderTest) -> N
     assert {int(i) // RING for i in used} == set(sent)
     assert all(tick_before <= int(slots["tick"][i]) <= tick_after for i in used)
     assert delta["sketch_ticks"] == len(used), "every slot is cleared once for its tick"
-    assert int(union.lost.sum()) == delta["evicted"] + delta["insert_failed"]
+    # a sketch is marked lossy exactly when the table gave up one of its sources
+    assert bool(union.lost.any()) == bool(delta["evicted"] + delta["insert_failed"])
 
 
 def test_the_estimate_of_20000_sources(wide: ProgramUnderTest) -> None:

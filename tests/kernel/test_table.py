@@ -566,11 +566,11 @@ def test_established_sources_survive_a_flood(small: ProgramUnderTest) -> None:
     union = SketchWindow(plan.sketches).update(datapath.read_sketches(), now, WINDOW)
     sketches = SketchCounts.of(union, plan, [])
     flooded = (4, UDP, FLOODED_PORT)
-    assert int(union.lost[plan.sketch_id(*flooded)]) == evictions
+    assert evictions > 0 and int(union.lost[plan.sketch_id(*flooded)]) > 0
     assert sketches.exact[flooded] is False
     assert all(exact for label, exact in sketches.exact.items() if label != flooded), sketches
     assert all(sketches.other_exact.values()), sketches.other_exact
-    assert int(union.lost.sum()) == evictions
+    assert np.flatnonzero(union.lost).tolist() == [plan.sketch_id(*flooded)]
     distinct = len(flood) + len(flooded_established)
     assert sketches.estimates[flooded] == pytest.approx(distinct, rel=ESTIMATE_TOLERANCE)
     quiet = len(established) - len(flooded_established)

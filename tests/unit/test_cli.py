@@ -36,6 +36,7 @@ ADDED_FLAGS = [
     "--listen-address <ADDRESS>",
     "--xdp-mode <MODE>",
     "--max-entries <N>",
+    "--new-source-budget <N>",
     "--pin-path <DIR>",
     "--web.config.file <PATH>",
     "--check-config",
@@ -92,6 +93,8 @@ def test_every_flag(no_default_config: Path) -> None:
             "native",
             "--max-entries",
             "4096",
+            "--new-source-budget",
+            "20000",
             "--refresh-interval",
             "5",
             "--fleet-ports",
@@ -109,6 +112,7 @@ def test_every_flag(no_default_config: Path) -> None:
         listen_address="::1",
         xdp_mode="native",
         max_entries=4096,
+        new_source_budget=20000,
         refresh_interval=5,
     )
 
@@ -147,6 +151,23 @@ def test_long_forms(no_default_config: Path) -> None:
         (["--xdp-mode", "drv"], "argument --xdp-mode: must be one of skb, native"),
         (["--listen-address", "localhost"], "argument --listen-address: 'localhost' is not an"),
         (["--max-entries", "0"], "argument --max-entries: must be 1..134217728, got 0"),
+        (
+            ["--new-source-budget", "-1"],
+            "argument --new-source-budget: must be 0..100000000, got -1",
+        ),
+        (
+            ["--new-source-budget", "100000001"],
+            "argument --new-source-budget: must be 0..100000000, got 100000001",
+        ),
+        (
+            ["--new-source-budget", "1e6"],
+            "argument --new-source-budget: expected an integer, got '1e6'",
+        ),
+        (
+            ["--new-source-budget", "true"],
+            "argument --new-source-budget: expected an integer, got 'true'",
+        ),
+        (["--new-source-budget"], "argument --new-source-budget: expected one argument"),
         (
             ["--refresh-interval", "7"],
             "argument --refresh-interval: the window (60 s) must be a multiple of "
@@ -384,6 +405,64 @@ def test_check_config_names_a_bad_fleet_port(
     result = run_module("--check-config", "-c", str(path), *flags)
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == expected.format(path=path)
+
+
+def test_new_source_budget_from_the_file_and_the_flag(
+    tmp_path: Path, no_default_config: Path
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('interfaces = ["lo"]\nnew_source_budget = 20000\n')
+    from_file = settings(["-c", str(path)], no_default_config)
+    assert from_file.new_source_budget == 20000
+    assert from_file.origins["new_source_budget"] == f"{path}: key 'new_source_budget'"
+    from_flag = settings(["-c", str(path), "--new-source-budget", "0"], no_default_config)
+    assert from_flag.new_source_budget == 0
+    assert from_flag.origins["new_source_budget"] == "argument --new-source-budget"
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "expected"),
+    [
+        (
+            "new_source_budget = -5\n",
+            [],
+            "{path}: key 'new_source_budget': must be 0..100000000, got -5",
+        ),
+        (
+            "new_source_budget = true\n",
+            [],
+            "{path}: key 'new_source_budget': expected an integer, got a boolean (True)",
+        ),
+        (
+            'new_source_budget = "20000"\n',
+            [],
+            "{path}: key 'new_source_budget': expected an integer, got a string ('20000')",
+        ),
+        (
+            "new_source_budget = 100000001\n",
+            [],
+            "{path}: key 'new_source_budget': must be 0..100000000, got 100000001",
+        ),
+        (
+            "",
+            ["--new-source-budget", "-5"],
+            "argument --new-source-budget: must be 0..100000000, got -5",
+        ),
+        (
+            "",
+            ["--new-source-budget", "lots"],
+            "argument --new-source-budget: expected an integer, got 'lots'",
+        ),
+    ],
+)
+def test_check_config_exits_2_on_a_bad_new_source_budget(
+    tmp_path: Path, text: str, flags: list[str], expected: str
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('interfaces = ["lo"]\n' + text)
+    result = run_module("--check-config", "-c", str(path), *flags)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"xdp-ip-counter: error: {expected.format(path=path)}\n"
 
 
 def test_check_config_bad_flag(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from xdp_ip_counter.config import (
     FILE_KEYS,
     MAX_ENTRIES_LIMIT,
     MAX_FLEET_PORTS,
+    NEW_SOURCE_BUDGET_LIMIT,
     RESTART_FIELDS,
     SETTINGS,
     Apply,
@@ -271,6 +272,7 @@ def test_defaults_are_the_contract() -> None:
     assert settings.serve_ip_list is False
     assert settings.xdp_mode == "skb"
     assert settings.max_entries == 262144
+    assert settings.new_source_budget == 0  # no budget: every new source is kept, as before
     assert settings.refresh_interval == 10
     assert settings.fleet_ports == ()
     assert settings.config_path is None
@@ -288,6 +290,11 @@ def test_defaults_are_the_contract() -> None:
         ("server_port", 65536, "must be 1..65535, got 65536"),
         ("max_entries", 0, f"must be 1..{MAX_ENTRIES_LIMIT}, got 0"),
         ("max_entries", MAX_ENTRIES_LIMIT + 1, f"got {MAX_ENTRIES_LIMIT + 1}"),
+        ("new_source_budget", -1, f"must be 0..{NEW_SOURCE_BUDGET_LIMIT}, got -1"),
+        ("new_source_budget", NEW_SOURCE_BUDGET_LIMIT + 1, f"got {NEW_SOURCE_BUDGET_LIMIT + 1}"),
+        ("new_source_budget", "1000", "expected an integer, got a string ('1000')"),
+        ("new_source_budget", 1000.0, "expected an integer, got a float (1000.0)"),
+        ("new_source_budget", True, "expected an integer, got a boolean (True)"),
         ("refresh_interval", 0, "must be >= 1, got 0"),
         ("listen_address", "localhost", "'localhost' is not an IPv4 or IPv6 address"),
         ("listen_address", "300.1.1.1", "is not an IPv4 or IPv6 address"),
@@ -318,6 +325,9 @@ def test_settings_reject(field: str, value: object, problem: str) -> None:
     [
         ("max_entries", MAX_ENTRIES_LIMIT),
         ("max_entries", 1),
+        ("new_source_budget", 0),
+        ("new_source_budget", 1),
+        ("new_source_budget", NEW_SOURCE_BUDGET_LIMIT),
         ("listen_address", "::1"),
         ("listen_address", "::"),
         ("listen_address", "127.0.0.1"),
@@ -394,6 +404,7 @@ server_port = 9031
 serve_ip_list = true
 xdp_mode = "native"
 max_entries = 1024
+new_source_budget = 20000
 refresh_interval = 5
 fleet_ports = [80, 22]
 """,
@@ -408,6 +419,7 @@ fleet_ports = [80, 22]
         "serve_ip_list": True,
         "xdp_mode": "native",
         "max_entries": 1024,
+        "new_source_budget": 20000,
         "refresh_interval": 5,
     }
 
@@ -446,6 +458,16 @@ def test_empty_file_is_no_keys(tmp_path: Path) -> None:
         ('xdp_mode = "drv"', "xdp_mode", "must be one of skb, native"),
         ("max_entries = 0", "max_entries", "must be 1..134217728, got 0"),
         ("max_entries = 134217729", "max_entries", "must be 1..134217728, got 134217729"),
+        ("new_source_budget = -1", "new_source_budget", "must be 0..100000000, got -1"),
+        (
+            "new_source_budget = 100000001",
+            "new_source_budget",
+            "must be 0..100000000, got 100000001",
+        ),
+        ('new_source_budget = "1000"', "new_source_budget", "expected an integer, got a string"),
+        ("new_source_budget = 1.5", "new_source_budget", "expected an integer, got a float (1.5)"),
+        ("new_source_budget = true", "new_source_budget", "expected an integer, got a boolean"),
+        ("new_source_budget = [1000]", "new_source_budget", "expected an integer, got an array"),
         ("refresh_interval = 0", "refresh_interval", "must be >= 1, got 0"),
         ('fleet_ports = "22,53"', "fleet_ports", "expected an array, got a string ('22,53')"),
         ("fleet_ports = 22", "fleet_ports", "expected an array, got an integer (22)"),
@@ -537,6 +559,15 @@ def test_a_changed_pin_path_needs_a_restart_and_shows_off_for_empty() -> None:
     assert needs_restart(old, new) == ["pin_path"]
     assert diff(old, new) == ["pin_path: off -> /sys/fs/bpf/x"]
     assert diff(new, old) == ["pin_path: /sys/fs/bpf/x -> off"]
+
+
+def test_new_source_budget_is_live_and_shown_off_for_0() -> None:
+    old, new = Settings(), Settings(new_source_budget=20000)
+    assert needs_restart(old, new) == []
+    assert diff(old, new) == ["new_source_budget: off -> 20000"]
+    assert diff(new, old) == ["new_source_budget: 20000 -> off"]
+    assert "max entries 262144; new source budget off;" in old.describe()
+    assert "; new source budget 20000;" in new.describe()
 
 
 def test_diff_names_interfaces_only_added_or_only_removed() -> None:

@@ -14,7 +14,7 @@ import socket
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,8 +64,8 @@ class FakeLink:
 class TableDataPath:
     """DataPath's API over numpy arrays: `words` is the sources table (sets of SET_WORDS words,
     written with table.place as the kernel would), `slots` the sketch map's slots; `now_ns` the
-    kernel clock; `stats` and `events` the per-CPU counters summed. configure() and attach()
-    are recorded."""
+    kernel clock; `stats` and `events` the per-CPU counters summed. configure() (its
+    new_source_budget apart, in `budgets`) and attach() are recorded."""
 
     def __init__(self, max_entries: int = 1024, plan: SketchPlan | None = None) -> None:
         self.plan = plan if plan is not None else SketchPlan()
@@ -78,16 +78,25 @@ class TableDataPath:
         self.stats = dict.fromkeys(OUTCOMES, 0)
         self.events = dict.fromkeys(EVENTS, 0)
         self.configured: list[tuple[PortFilter, int, SketchPlan]] = []
+        self.budgets: list[int] = []
         self.attached: list[tuple[str, str]] = []
         self.window: int | None = None
 
-    def configure(self, ports: PortFilter, window: int, plan: SketchPlan | None = None) -> None:
+    def configure(
+        self,
+        ports: PortFilter,
+        window: int,
+        plan: SketchPlan | None = None,
+        *,
+        new_source_budget: int = 0,
+    ) -> None:
         if plan is not None:
             if plan.sketches != self.plan.sketches:
                 raise ValueError("internal error: a sketch plan of another size")
             self.plan = plan
         self.window = window
         self.configured.append((ports, window, self.plan))
+        self.budgets.append(new_source_budget)
 
     def attach(self, ifname: str, mode: str) -> FakeLink:
         self.attached.append((ifname, mode))
@@ -361,10 +370,11 @@ def test_ports_left_without_a_sketch_of_their_own_are_logged(
         ({"window": 120}, True),  # the kernel's lazy expiry follows the window
         ({"fleet_ports": (22,)}, True),
         ({"ports": PortFilter.of({22, 53, 80})}, True),
+        ({"new_source_budget": 5000}, True),
         ({"serve_ip_list": True}, False),
     ],
 )
-def test_a_reload_configures_the_kernel_when_ports_window_or_fleet_ports_change(
+def test_a_reload_configures_the_kernel_when_a_setting_it_holds_changes(
     change: dict[str, object], configures: bool
 ) -> None:
     first = Settings(interfaces=("lo",), ports=LISTED)
@@ -376,6 +386,28 @@ def test_a_reload_configures_the_kernel_when_ports_window_or_fleet_ports_change(
     assert len(datapath.configured) == (2 if configures else 1)
     ports, window, _ = datapath.configured[-1]
     assert (ports, window) == (then[-1].ports, then[-1].window)
+
+
+@pytest.mark.usefixtures("offline")
+def test_a_reload_writes_a_changed_new_source_budget_live(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = Settings(interfaces=("lo",), ports=LISTED, new_source_budget=2000)
+    datapath = TableDataPath(plan=SketchPlan.initial(LISTED.ports, ()))
+    daemon, then = reloading(first, datapath)
+    assert datapath.budgets == [2000]  # start-up writes it
+    then.append(replace(first, new_source_budget=50_000))
+    with caplog.at_level(logging.INFO, logger="xdp_ip_counter"):
+        daemon.reload()
+    assert daemon.reload_successful
+    assert datapath.budgets == [2000, 50_000]
+    assert datapath.configured[-1][:2] == (LISTED, 60)  # the rest as it was
+    assert daemon.settings.new_source_budget == 50_000
+    assert "reloaded: new_source_budget: 2000 -> 50000" in caplog.text
+    assert "restart" not in caplog.text
+    then.append(replace(first, new_source_budget=0))
+    daemon.reload()
+    assert datapath.budgets == [2000, 50_000, 0]  # 0: no budget, every new source kept
 
 
 @pytest.mark.usefixtures("offline")

@@ -24,12 +24,14 @@ from xdp_ip_counter.layout import (
     SLOT_DTYPE,
     STAMP_MASK,
     STAMP_SHIFT,
+    TICK_SHIFT,
     VALUE_DTYPE,
     WAYS,
 )
 from xdp_ip_counter.table import (
     MIN_SETS,
     SLOTS_PER_ENTRY,
+    admit_per_tick,
     key_hash,
     live_entries,
     place,
@@ -209,6 +211,19 @@ def test_window_stamps_rounds_the_window_up(window: int, stamps: int) -> None:
     assert window_stamps(window) == stamps
     unit = 1 << STAMP_SHIFT
     assert (stamps - 1) * unit < window * S <= stamps * unit
+
+
+@pytest.mark.parametrize(
+    ("per_second", "per_tick"),
+    [(0, 0), (1, 9), (1000, 8590), (100_000_000, 858_993_460)],
+)
+def test_admit_per_tick_is_the_budget_over_a_tick_rounded_up(
+    per_second: int, per_tick: int
+) -> None:
+    """A tick of the sketches is 2**33 ns = 8.589934592 s; 0 stays 0 (no budget)."""
+    assert admit_per_tick(per_second) == per_tick
+    tick = 1 << TICK_SHIFT
+    assert per_tick == 0 or (per_tick - 1) * S < per_second * tick <= per_tick * S
 
 
 def test_place_then_live_entries_gives_back_every_entry() -> None:
