@@ -158,6 +158,7 @@ def fill_table(
                 established=established,
             )
         added = sum(len(k) for k in chosen_keys)
+        datapath.rebuild_fingerprints()
     finally:
         del words
         datapath.unmap_table()  # the whole table counted in this process's RSS while mapped

@@ -121,6 +121,13 @@ struct set {
 #define CLASS_SHIFT 61
 
 BPF_F_TABLE("array", int, struct set, sources, SETS, BPF_F_MMAPABLE);
+/* One word per set of the table: byte w is the fingerprint of way w's key (0 when the way was
+ * never claimed), written by every claim before the slot is published, so that a key with no
+ * fingerprint in either of its sets' words is certainly not in the table. With a new-source
+ * budget, a flood's new sources past it are known new from this small array (1.5 bytes per
+ * entry of max_entries), without the table's cold lines. Userspace writing the table itself
+ * (carrying a pinned one over) writes the words again from it (table.py, fingerprint_words). */
+BPF_F_TABLE("array", int, __u64, fingerprints, SETS, BPF_F_MMAPABLE);
 BPF_ARRAY(port_filter, struct port_filter, 1);
 /* Per CPU: one counter per outcome (every frame increments exactly one), then the events. */
 BPF_PERCPU_ARRAY(stats, __u64, STATS_MAX);
@@ -354,14 +361,31 @@ static __always_inline __u64 lowest_way(__u64 mask)
            (below(bit, 1) << 3);
 }
 
+/* A key's fingerprint: 8 bits of its hash (bits 8-15, in the tag), never 0. */
+static __always_inline __u64 fingerprint(__u64 hash)
+{
+    __u64 fp = (hash >> 8) & 0xff;
+    return fp | below(fp, 1);
+}
+
+#define EVERY_BYTE 0x0101010101010101ULL
+
+/* Whether any byte of word is fp: a byte of word ^ fp * EVERY_BYTE is 0 (the exact test). */
+static __always_inline int holds_fingerprint(__u64 word, __u64 fp)
+{
+    __u64 x = word ^ (fp * EVERY_BYTE);
+    return ((x - EVERY_BYTE) & ~x & (EVERY_BYTE << 7)) != 0;
+}
+
 /* Claim way w of set for key. Its tag word is read again here: when `free`, the way was
  * free when chosen and must still be; else it was the victim of eviction rank `rank` (its way
  * among the key's two sets in the low bits) and must still rank so. Returns 1 when that gave up
  * a live entry (its key copied to *victim), 0 when the slot was free, -1 when another CPU
  * changed the tag word since (the caller scans again). */
-static __always_inline int claim(struct set *set, __u32 w, int free, __u64 rank,
-                                 struct source_key *key, __u64 want, __u64 now, __u32 ip_len,
-                                 __u64 window_stamps, struct source_key *victim)
+static __always_inline int claim(struct set *set, __u64 *fingerprints_of_set, __u64 fp,
+                                 __u32 w, int free, __u64 rank, struct source_key *key,
+                                 __u64 want, __u64 now, __u32 ip_len, __u64 window_stamps,
+                                 struct source_key *victim)
 {
     __u64 stamp = (now >> STAMP_SHIFT) & STAMP_MASK;
     w &= WAYS - 1;
@@ -372,6 +396,7 @@ static __always_inline int claim(struct set *set, __u32 w, int free, __u64 rank,
         return -1;
     if (__sync_val_compare_and_swap(&set->tag[w], seen, BUSY) != seen)
         return -1;
+    ((volatile __u8 *)fingerprints_of_set)[w] = fp; /* before the slot is published */
     struct slot *s = &set->way[w];
     int evicted = !tag_free(seen, stamp, window_stamps);
     if (evicted)
@@ -526,8 +551,21 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
     __u32 alternate = primary ^ (((__u32)(hash >> 16) & (BLOCK_SETS - 1)) | 1);
     struct set *first = sources.lookup(&primary);
     struct set *second = sources.lookup(&alternate);
-    if (!first || !second)
+    __u64 *fp_first = fingerprints.lookup(&primary);
+    __u64 *fp_second = fingerprints.lookup(&alternate);
+    if (!first || !second || !fp_first || !fp_second)
         return count(OUTCOME_INSERT_FAILED);
+    __u64 fp = fingerprint(hash);
+    int admitted = 0; /* this key has had its share of the budget */
+    if (budget && !holds_fingerprint(*fp_first, fp) && !holds_fingerprint(*fp_second, fp)) {
+        /* certainly new: past the budget, the table is not touched at all */
+        if (!admit(budget, now)) {
+            sketch_add(key, now);
+            sketch_lost(key, now);
+            return count(OUTCOME_NOT_ADMITTED);
+        }
+        admitted = 1;
+    }
     /* Load the alternate's tag line now, before the primary's is scanned: a new key's second
      * miss overlaps its first (the flood run: 1.12 -> 0.92 of the first version's added cost;
      * one test run per new source: 1.72 -> 1.05). A known key in its primary set pays a load
@@ -560,7 +598,7 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
             add = found == COUNTED_NEW_TICK;
             break;
         }
-        if (attempt == 0 && !admit(budget, now)) {
+        if (attempt == 0 && !admitted && !admit(budget, now)) {
             outcome = OUTCOME_NOT_ADMITTED;
             break;
         }
@@ -585,8 +623,9 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
             free_way = 0;
         }
         struct set *set = in_second ? second : first;
-        int claimed = claim(set, w, free_way, rank, key, in_second ? want | SECONDARY : want,
-                            now, ip_len, window_stamps, &victim);
+        int claimed = claim(set, in_second ? fp_second : fp_first, fp, w, free_way, rank, key,
+                            in_second ? want | SECONDARY : want, now, ip_len, window_stamps,
+                            &victim);
         if (claimed >= 0) {
             outcome = OUTCOME_RECORDED_NEW;
             add = 1;

@@ -34,7 +34,14 @@ from .clock import KernelClock, kernel_clock
 from .config import PortFilter
 from .layout import BLOCK_SETS, EVENTS, OUTCOMES, SET_DTYPE, SET_WORDS, SKETCH_SLOT_DTYPE, WAYS
 from .sketch import SketchPlan
-from .table import admit_per_tick, block_sets, read_live_entries, sets_for, window_stamps
+from .table import (
+    admit_per_tick,
+    block_sets,
+    fingerprint_words,
+    read_live_entries,
+    sets_for,
+    window_stamps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +117,7 @@ class Link:
 # mapping fresh pages, and taking their faults, for every chunk.
 CHUNK_SETS = BLOCK_SETS
 
-MAPS = ("sources", "port_filter", "stats", "sketches", "sketch_of_port")
+MAPS = ("sources", "fingerprints", "port_filter", "stats", "sketches", "sketch_of_port")
 
 
 @dataclass(frozen=True)
@@ -274,6 +281,7 @@ class DataPath:
             self.sketches_fd, SKETCH_SLOT_DTYPE.itemsize, sketches.max_entries
         )
         self._sketch_of_port = MappedArray(self.sketch_of_port_fd, 8, 65536)
+        self._fingerprints = MappedArray(self._maps["fingerprints"].fd, 8, self.sets)
         self.links: dict[str, Link] = {}
         self.ports: PortFilter | None = None
         self.window: int | None = None
@@ -368,7 +376,7 @@ class DataPath:
         for ifname in list(self.links):
             self.detach(ifname)
         self.unmap_table()
-        for mapped in (self._sketches_map, self._sketch_of_port):
+        for mapped in (self._sketches_map, self._sketch_of_port, self._fingerprints):
             mapped.close()
         for fd in [self.prog_fd, *(m.fd for m in self._maps.values())]:
             with contextlib.suppress(OSError):
@@ -436,9 +444,20 @@ class DataPath:
         )
         return int(np.frombuffer(raw, np.uint64).sum()) if raw else 0
 
+    def fingerprints(self) -> np.ndarray:
+        """The fingerprints map, (sets,) uint64: a view of the map itself."""
+        return self._fingerprints.words(np.uint64)
+
+    def rebuild_fingerprints(self) -> None:
+        """Write the fingerprints map from the table, after userspace wrote entries into it
+        (carrying a pinned table over; filling it for tests and benchmarks): the kernel keeps it
+        only for the slots it claims. Never while frames arrive."""
+        self.fingerprints()[:] = fingerprint_words(self.table_words())
+
     def clear(self) -> None:
         """Forget every entry and sketch (tests, between cases; never while frames arrive)."""
         self.table_words()[:] = 0
+        self.fingerprints()[:] = 0
         self._sketches_map.words(np.uint8)[:] = 0
 
 

@@ -102,6 +102,7 @@ def restore_and_pin(directory: Path, datapath: DataPath, window: int) -> int:
             keys, values = live_entries(words, datapath.clock.now_ns(), window)
             del words
             carried = place(datapath.table_words(), keys, values)
+            datapath.rebuild_fingerprints()
             datapath.unmap_table()
             log.info("carried %d of %d entries over from %s", carried, len(keys), old.path)
     for name in READABLE_SOURCES:

@@ -76,6 +76,26 @@ def tag_hash(hashes: np.ndarray) -> np.ndarray:
     return ((hashes & np.uint64(0xFFFFFFFF)) | np.uint64(1)) & ~np.uint64(SECONDARY >> 32)
 
 
+def fingerprint(hashes: np.ndarray) -> np.ndarray:
+    """The kernel's fingerprint() of keys of these key_hash()es: bits 8-15, 0 made 1."""
+    fp = (hashes >> np.uint64(8)) & np.uint64(0xFF)
+    return (fp | (fp == 0)).astype(np.uint8)
+
+
+def fingerprint_words(words: np.ndarray) -> np.ndarray:
+    """The kernel's fingerprints map for a table (sets, SET_WORDS) whose slots were written by
+    userspace: per set, byte w the fingerprint of way w's key when its tag word has a key's hash
+    (live or expired: the kernel keeps a slot's byte until the slot is claimed again), else 0.
+    (sets,) uint64, to be copied into the map while nothing runs the program."""
+    tags = words[:, :WAYS]
+    keyed = (tags >> np.uint64(32)) != 0
+    out = np.zeros((len(words), WAYS), np.uint8)
+    if keyed.any():
+        slots = np.ascontiguousarray(_slots(words)[keyed]).view(SLOT_DTYPE).reshape(-1)
+        out[keyed] = fingerprint(key_hash(slots["key"]))
+    return out.view("<u8").reshape(-1)
+
+
 def window_stamps(window_s: int) -> int:
     """The window in the tag's stamp units (2**30 ns), rounded up: what the kernel's lazy
     expiry compares ages with (port_filter.window_stamps)."""

@@ -12,15 +12,16 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 
 from xdp_ip_counter.config import PortFilter
-from xdp_ip_counter.layout import TICK_SHIFT
+from xdp_ip_counter.layout import TICK_SHIFT, VALUE_DTYPE, WAYS
 from xdp_ip_counter.sketch import SketchCounts, SketchWindow
-from xdp_ip_counter.table import admit_per_tick
+from xdp_ip_counter.table import admit_per_tick, fingerprint_words, place
 
 from .conftest import FLOODED_PORT, QUIET_PORT
-from .program import WINDOW, ProgramUnderTest, Source, addresses, wait_for
+from .program import WINDOW, ProgramUnderTest, Source, addresses, key_array, wait_for
 from .test_table import expected_counts
 
 BUDGET = 1  # new sources per second and CPU
@@ -126,3 +127,57 @@ def test_no_budget_or_a_large_one_keeps_every_new_source(
     delta = small.send(s.frame for s in sources)
     assert outcomes(delta) == {"recorded_new": 500}
     assert all(exactness(small).values())
+
+
+def test_the_kernel_keeps_a_fingerprint_for_every_slot_it_claims(small: ProgramUnderTest) -> None:
+    """As many new sources as the table has slots (claims of free slots and, where a key's two
+    sets are full, of given-up ones): afterwards the fingerprints map is byte for byte what
+    table.fingerprint_words() computes from the table (each claimed way's byte is its key's
+    fingerprint, never-used ways 0)."""
+    datapath = small.datapath
+    flood = [Source(a, FLOODED_PORT) for a in addresses("10.99.0.0", datapath.slots)]
+    delta = small.send(s.frame for s in flood)
+    assert delta["recorded_new"] == len(flood) and delta["evicted"] > 0
+    kernel = datapath.fingerprints().copy()
+    mirror = fingerprint_words(datapath.table_words())
+    differ = np.flatnonzero(kernel != mirror)
+    assert not len(differ), (
+        f"{len(differ)} sets differ, set {differ[0]}: kernel {kernel[differ[0]]:#x}, "
+        f"table.py {mirror[differ[0]]:#x}"
+    )
+    keyed = int(np.count_nonzero(datapath.table_words()[:, :WAYS] >> np.uint64(32)))
+    assert np.count_nonzero(kernel.view(np.uint8)) == keyed > datapath.capacity
+
+
+@pytest.mark.parametrize("rebuilt", [True, False], ids=["rebuilt", "not-rebuilt"])
+def test_past_the_budget_known_sources_are_still_counted(
+    small: ProgramUnderTest, rebuilt: bool
+) -> None:
+    """Sources put in the table by userspace (as a pinned table is carried over) and by the
+    kernel: with the budget spent, their frames are still recorded (the fingerprints say they
+    may be there), and new ones are not admitted. Without rebuild_fingerprints() after
+    userspace wrote the table, its sources would look new: not admitted (the check that the
+    rebuild matters)."""
+    datapath = small.datapath
+    placed = [Source(a, QUIET_PORT) for a in addresses("10.100.0.0", 50)]
+    keys = key_array([small.key(s) for s in placed])
+    values = np.zeros(len(placed), VALUE_DTYPE)
+    values["packets"], values["bytes"] = 1, [s.frame.ip_length for s in placed]
+    values["first_seen"] = values["last_seen"] = datapath.clock.now_ns()
+    assert place(datapath.table_words(), keys, values) == len(placed)
+    if rebuilt:
+        datapath.rebuild_fingerprints()
+    datapath.unmap_table()
+    inserted = [Source(a, FLOODED_PORT) for a in addresses("10.101.0.0", PER_TICK)]
+    new = [Source(a, FLOODED_PORT) for a in addresses("10.102.0.0", 20)]
+    datapath.configure(PortFilter.all(), WINDOW, new_source_budget=BUDGET)
+    start_of_a_tick(small)
+
+    first = send_in_one_tick(small, [s.frame for s in inserted + new])
+    assert outcomes(first) == {"recorded_new": PER_TICK, "not_admitted": len(new)}
+    again = send_in_one_tick(small, [s.frame for s in placed + inserted])
+    if rebuilt:
+        assert outcomes(again) == {"recorded": len(placed) + PER_TICK}
+        assert small.counts() == expected_counts(small, dict.fromkeys(placed + inserted, 2))
+    else:
+        assert outcomes(again) == {"recorded": PER_TICK, "not_admitted": len(placed)}
