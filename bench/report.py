@@ -134,6 +134,12 @@ def _losses_sentence(losses: list[dict]) -> Iterator[str]:
         yield f" Sources lost, by load of max_entries: {each}."
 
 
+def _budgeted(measured: dict) -> list[str]:
+    """The throughput run's product contenders with a new-source budget (none in older runs)."""
+    programs = {name.split(", ")[0] for name in measured["contenders"]}
+    return sorted(p for p in programs if p.startswith("project with "))
+
+
 def _budget_sentence(checks: dict) -> Iterator[str]:
     for table in ("room", "full"):
         budgeted = checks.get(f"{table}_budgeted")
@@ -336,7 +342,11 @@ def targets(results: dict) -> list[Target]:
         for mode, measured in throughput["modes"].items():
             want = 0.97 if mode == "fixed sources" else 0.90
             contenders = measured["contenders"]
-            for name in ("project, skb", "project, native"):
+            names = ["project, skb", "project, native"]
+            names += [
+                f"{budgeted}, {m}" for m in ("skb", "native") for budgeted in _budgeted(measured)
+            ]
+            for name in names:
                 ratio = contenders[name]["vs_empty_same_mode"]["median"]
                 found.append(
                     Target(

@@ -58,13 +58,17 @@ class Config:
 FULL = Config(seconds=2.0, settle=0.3, rounds=3, capacity=262144)
 SMOKE = Config(seconds=0.4, settle=0.1, rounds=1, capacity=4096)
 
+BUDGET = 1000  # new sources per second and CPU of the budgeted product (new_source_budget)
+BUDGETED = f"project with new_source_budget {BUDGET}"
 CONTENDERS = (
     "no program",
     "empty XDP, skb",
     "project, skb",
+    f"{BUDGETED}, skb",
     "first version, skb",
     "empty XDP, native",
     "project, native",
+    f"{BUDGETED}, native",
     "first version, native",
     "nftables set",
 )
@@ -226,11 +230,13 @@ class Contenders:
         self.capacity = capacity
         self._empty = programs.empty()
         self.project = programs.product(capacity, PortFilter.all())
+        self.budgeted = programs.product(capacity, PortFilter.all(), new_source_budget=BUDGET)
         self.first_version = programs.FirstVersion(capacity, PortFilter.all())
         self.ifindex = lab.receiver_ifindex()
 
     def close(self) -> None:
         self.project.close()
+        self.budgeted.close()
         self.first_version.close()
         self._empty.close()
 
@@ -250,6 +256,7 @@ class Contenders:
         fd = {
             "empty XDP": self._empty.fd,
             "project": self.project.prog_fd,
+            BUDGETED: self.budgeted.prog_fd,
             "first version": self.first_version.fd,
         }[program]
         link = inside(
