@@ -551,20 +551,23 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
     __u32 alternate = primary ^ (((__u32)(hash >> 16) & (BLOCK_SETS - 1)) | 1);
     struct set *first = sources.lookup(&primary);
     struct set *second = sources.lookup(&alternate);
-    __u64 *fp_first = fingerprints.lookup(&primary);
-    __u64 *fp_second = fingerprints.lookup(&alternate);
-    if (!first || !second || !fp_first || !fp_second)
+    if (!first || !second)
         return count(OUTCOME_INSERT_FAILED);
     __u64 fp = fingerprint(hash);
     int admitted = 0; /* this key has had its share of the budget */
-    if (budget && !holds_fingerprint(*fp_first, fp) && !holds_fingerprint(*fp_second, fp)) {
-        /* certainly new: past the budget, the table is not touched at all */
-        if (!admit(budget, now)) {
-            sketch_add(key, now);
-            sketch_lost(key, now);
-            return count(OUTCOME_NOT_ADMITTED);
+    if (budget) {
+        __u64 *fp_first = fingerprints.lookup(&primary);
+        __u64 *fp_second = fingerprints.lookup(&alternate);
+        if (fp_first && fp_second && !holds_fingerprint(*fp_first, fp) &&
+            !holds_fingerprint(*fp_second, fp)) {
+            /* certainly new: past the budget, the table is not touched at all */
+            if (!admit(budget, now)) {
+                sketch_add(key, now);
+                sketch_lost(key, now);
+                return count(OUTCOME_NOT_ADMITTED);
+            }
+            admitted = 1;
         }
-        admitted = 1;
     }
     /* Load the alternate's tag line now, before the primary's is scanned: a new key's second
      * miss overlaps its first (the flood run: 1.12 -> 0.92 of the first version's added cost;
@@ -623,7 +626,11 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
             free_way = 0;
         }
         struct set *set = in_second ? second : first;
-        int claimed = claim(set, in_second ? fp_second : fp_first, fp, w, free_way, rank, key,
+        __u32 index = in_second ? alternate : primary;
+        __u64 *fingerprints_of_set = fingerprints.lookup(&index);
+        if (!fingerprints_of_set)
+            break;
+        int claimed = claim(set, fingerprints_of_set, fp, w, free_way, rank, key,
                             in_second ? want | SECONDARY : want, now, ip_len, window_stamps,
                             &victim);
         if (claimed >= 0) {
