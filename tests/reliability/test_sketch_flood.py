@@ -19,6 +19,12 @@ test checks, in order:
    (active_users == 50, exact 1, /list holding the 50 steady clients and nothing else) between
    the window and the window plus one sketch tick (8.6 s) after the flood's last frame.
 
+The test runs twice: without a new-source budget (the default: the flood churns the table's
+one-packet entries, and nearly every flood source gives one up), and with
+--new-source-budget 1000 (8,590 new sources per CPU and tick enter the table; the rest of the
+flood is `not_admitted`, counted in the sketch only, and gives up nothing). Both must give the
+same answers.
+
 The truth is known only if the whole flood is within the window at the refresh that is
 checked: the test fails (saying so) if the flood took too long for that (under 74,000 frames/s;
 an idle 2-CPU host sends 230,000/s), rather than compare an estimate with the wrong number. The
@@ -31,6 +37,7 @@ daemon's start-up, ~5 s of steady clients, the flood ~9 s, then the window and u
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +46,7 @@ import pytest
 from e2e.conftest import DaemonProcess, Lab, ip, wait_for
 
 from xdp_ip_counter.layout import TICK_SHIFT, WAYS
-from xdp_ip_counter.table import sets_for
+from xdp_ip_counter.table import admit_per_tick, sets_for
 
 from .flood import Flood, SteadyClient, trafgen_counted_config, trafgen_path
 from .readings import PREFIX, listed, outcome, scrape, users_key
@@ -53,6 +60,7 @@ STEADY_CLIENTS = 50
 STEADY_INTERVAL_S = 2.0
 FLOOD_SOURCES = 2_000_000
 FIRST_FLOOD_SOURCE = "100.64.0.0"  # 100.64.0.0 .. 100.94.132.127
+BUDGET = 1000  # --new-source-budget of the second run: 8,590 new sources per CPU and tick
 TOLERANCE = 0.03  # 3.7 times the sketch's relative standard error (1.04 / 2**7 = 0.81 %)
 TICK_S = (1 << TICK_SHIFT) / 1e9  # the sketch's tick, 8.59 s
 FLOOD_DEADLINE_S = WINDOW_S - 3  # a refresh after the flood must still have all of it
@@ -83,8 +91,9 @@ class Reading:
 
 
 @pytest.mark.root
+@pytest.mark.parametrize("budget", [0, BUDGET], ids=["no-budget", "new-source-budget"])
 def test_sketch_counts_a_flood_and_keeps_the_steady_clients(
-    lab: Lab, start_daemon, spawned: list, tmp_path: Path, require
+    lab: Lab, start_daemon, spawned: list, tmp_path: Path, require, *, budget: int
 ) -> None:
     require(trafgen_path(), "needs trafgen (Debian package netsniff-ng)")
     started = time.monotonic()
@@ -95,7 +104,7 @@ def test_sketch_counts_a_flood_and_keeps_the_steady_clients(
     daemon = start_daemon(
         extra_args=(
             "-i", link.host_if, "--ports", str(PORT), "--max-entries", str(MAX_ENTRIES),
-            "-w", str(WINDOW_S), "--serve-ip-list",
+            "-w", str(WINDOW_S), "--serve-ip-list", "--new-source-budget", str(budget),
         ),
         refresh_interval=REFRESH_S,
     )  # fmt: skip
@@ -158,16 +167,17 @@ def test_sketch_counts_a_flood_and_keeps_the_steady_clients(
     after_rows = listed(daemon, LIST_QUERY)
     assert daemon.proc.poll() is None, f"the daemon died; its log:\n{daemon.log()}"
 
-    new_sources = (outcome(after, "recorded_new") + outcome(after, "insert_failed")) - (
-        outcome(before, "recorded_new") + outcome(before, "insert_failed")
-    )
+    new_kinds = ("recorded_new", "insert_failed", "not_admitted")
+    new_sources = sum(outcome(after, kind) - outcome(before, kind) for kind in new_kinds)
+    not_admitted = outcome(after, "not_admitted") - outcome(before, "not_admitted")
     evictions = after[PREFIX + "map_evictions_total"] - before[PREFIX + "map_evictions_total"]
     truth = new_sources + STEADY_CLIENTS
     error = after[ACTIVE] / truth - 1
     summary = (
         f"flood: {report.sent} frames in {report.seconds:.1f} s "
         f"({report.sent / report.seconds:,.0f}/s), {new_sources:.0f} new sources seen by the "
-        f"program, {evictions:.0f} live entries given up; at the refresh "
+        f"program, {not_admitted:.0f} not admitted, {evictions:.0f} live entries given up; "
+        f"at the refresh "
         f"{refreshed - flood_ended:.1f} s after it: active_users {after[ACTIVE]:.0f} vs truth "
         f"{truth:.0f} ({error:+.2%}), "
         f"exact {after[EXACT]:.0f}, map_entries {after[PREFIX + 'map_entries']:.0f}, "
@@ -182,7 +192,15 @@ def test_sketch_counts_a_flood_and_keeps_the_steady_clients(
     assert new_sources == FLOOD_SOURCES, f"not every flood frame was a new source: {summary}"
     assert abs(error) <= TOLERANCE, f"the estimate is off by more than 3 %: {summary}"
     assert after[EXACT] == 0, f"a flood 30 times the table, and the count says exact: {summary}"
-    assert evictions >= 0.9 * (new_sources - SLOTS), f"too few evictions: {summary}"
+    if budget:
+        # Per CPU and tick at most admit_per_tick(budget) enter the table: the flood (~9 s,
+        # two ticks at most, two CPUs) is nearly all refused, and few entries are given up.
+        admitted = 2 * admit_per_tick(budget) * (os.cpu_count() or 1)
+        assert not_admitted >= new_sources - admitted, f"too many admitted: {summary}"
+        assert evictions <= admitted, f"given up past the budget: {summary}"
+    else:
+        assert not_admitted == 0, summary
+        assert evictions >= 0.9 * (new_sources - SLOTS), f"too few evictions: {summary}"
     assert after[PREFIX + "map_entries"] <= SLOTS, summary
     _assert_steady_kept(steady_sources, before_rows, after_rows, "the flood")
 
