@@ -540,6 +540,15 @@ static __always_inline int admit(__u64 budget, __u64 now)
     return 1;
 }
 
+/* A key that is not in the table (a claim lost twice, or not admitted): in its sketch only, and
+ * its port is lossy. */
+static __always_inline int sketch_only(const struct source_key *key, __u64 now, __u32 outcome)
+{
+    sketch_add(key, now);
+    sketch_lost(key, now);
+    return count(outcome);
+}
+
 static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 window_stamps,
                                   __u64 budget)
 {
@@ -561,11 +570,8 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
         if (fp_first && fp_second && !holds_fingerprint(*fp_first, fp) &&
             !holds_fingerprint(*fp_second, fp)) {
             /* certainly new: past the budget, the table is not touched at all */
-            if (!admit(budget, now)) {
-                sketch_add(key, now);
-                sketch_lost(key, now);
-                return count(OUTCOME_NOT_ADMITTED);
-            }
+            if (!admit(budget, now))
+                return sketch_only(key, now, OUTCOME_NOT_ADMITTED);
             admitted = 1;
         }
     }
@@ -640,20 +646,15 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
             break;
         }
     }
-    if (outcome < 0 || outcome == OUTCOME_NOT_ADMITTED) {
-        /* not in the table: in the sketch only, and its port is lossy */
-        if (outcome < 0)
-            outcome = OUTCOME_INSERT_FAILED;
-        victim = *key;
-        add = 1;
-        lost = 1;
-    }
+    if (outcome < 0)
+        outcome = OUTCOME_INSERT_FAILED;
+    if (outcome == OUTCOME_INSERT_FAILED || outcome == OUTCOME_NOT_ADMITTED)
+        return sketch_only(key, now, outcome);
     if (add)
         sketch_add(key, now);
-    if (lost) {
+    if (lost) { /* a live entry was given up for this key: the victim's port is lossy */
         sketch_lost(&victim, now);
-        if (outcome == OUTCOME_RECORDED_NEW)
-            count(EVENT_EVICTED);
+        count(EVENT_EVICTED);
     }
     return count(outcome);
 }
