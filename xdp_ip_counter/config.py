@@ -23,6 +23,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from xdp_ip_counter.layout import (
+    DEFAULT_PROTOCOLS,
+    FAMILIES,
+    ICMP_PROTOCOLS,
+    PROTOCOL_NUMBERS,
+    PROTOCOLS,
+)
+
 DEFAULT_CONFIG_PATH = Path("/etc/xdp-ip-counter/config.toml")
 
 # The window is made of 10 s steps (the original tool's rule, kept as part of the CLI contract).
@@ -242,6 +250,144 @@ def parse_fleet_ports(value: str | list[Any], source: str) -> tuple[int, ...]:
 
 
 # --------------------------------------------------------------------------------------------
+# Protocols, ICMP types, source lists, prefix lengths
+
+# Each source list is an LPM trie in the kernel made with room for this many prefixes.
+MAX_SOURCE_PREFIXES = 16384
+# Each length is one more active_prefixes series per port and protocol.
+MAX_PREFIX_LENGTHS = 4  # per family
+_FAMILY_BITS = {4: 32, 6: 128}
+_FAMILY_BY_NAME = {name: family for family, name in FAMILIES.items()}
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _items(value: str | list[Any], source: str, example: str) -> list[Any]:
+    """A flag's comma-separated text or a TOML array as a list of items; "" and [] are empty."""
+    if isinstance(value, str):
+        items: list[Any] = value.split(",") if value.strip() else []
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ConfigError(
+            source, f"expected an array such as {example}, got {_describe_value(value)}"
+        )
+    for position, item in enumerate(items, start=1):
+        if isinstance(item, str) and not item.strip():
+            raise ConfigError(source, f"item {position}: empty item")
+    return [item.strip() if isinstance(item, str) else item for item in items]
+
+
+def parse_protocols(value: str | list[Any], source: str) -> tuple[int, ...]:
+    """Protocols to record, by name: "tcp,udp,icmp" or ["tcp", "udp"]; at least one. Returns
+    their IP protocol numbers in the order of layout.PROTOCOLS, each once."""
+    chosen = set()
+    for position, item in enumerate(_items(value, source, '["tcp", "udp", "icmp"]'), start=1):
+        name = item.lower() if isinstance(item, str) else item
+        if name not in PROTOCOL_NUMBERS:
+            raise ConfigError(
+                source,
+                f"item {position}: expected one of {', '.join(PROTOCOLS.values())}, "
+                f"got {_describe_value(item)}",
+            )
+        chosen.add(PROTOCOL_NUMBERS[name])
+    return tuple(number for number in PROTOCOLS if number in chosen)
+
+
+def parse_icmp_types(value: str | list[Any], source: str) -> tuple[tuple[int, int], ...]:
+    """ICMP message types to record, as (protocol number, type): "icmp:8" (ICMP, IPv4),
+    "icmpv6:128" (ICMPv6), or a bare type 0..255 for both; "" or [] for none. Sorted, each
+    once."""
+    chosen: set[tuple[int, int]] = set()
+    for position, item in enumerate(_items(value, source, '["icmp:8", "icmpv6:128"]'), start=1):
+        protocols: tuple[int, ...] = tuple(ICMP_PROTOCOLS)
+        text = item
+        if isinstance(item, str) and ":" in item:
+            name, _, text = item.partition(":")
+            if name.strip().lower() not in ("icmp", "icmpv6"):
+                raise ConfigError(
+                    source, f"item {position}: {item!r}: expected icmp:TYPE or icmpv6:TYPE"
+                )
+            protocols = (PROTOCOL_NUMBERS[name.strip().lower()],)
+            text = text.strip()
+        if isinstance(text, str) and _PORT_TEXT.fullmatch(text):
+            text = int(text)
+        if isinstance(text, bool) or not isinstance(text, int):
+            raise ConfigError(
+                source,
+                f'item {position}: expected an ICMP type (8, "icmp:8" or "icmpv6:128"), '
+                f"got {_describe_value(item)}",
+            )
+        if not 0 <= text <= 255:
+            raise ConfigError(source, f"item {position}: ICMP type {text} is outside 0..255")
+        chosen.update((proto, text) for proto in protocols)
+    return tuple(sorted(chosen))
+
+
+def show_icmp_types(value: tuple[tuple[int, int], ...]) -> str:
+    return ",".join(f"{PROTOCOLS[proto]}:{kind}" for proto, kind in value) or "none"
+
+
+def parse_sources(value: str | list[Any], source: str) -> tuple[Network, ...]:
+    """Source prefixes: "10.0.0.0/8,2001:db8::/32" or ["192.0.2.7", ...] (an address alone is a
+    /32 or /128); "" or [] for none. A prefix with host bits set is refused (it is most often a
+    typo for a shorter or longer one). Sorted (IPv4 first), each once; at most
+    MAX_SOURCE_PREFIXES."""
+    networks: set[Network] = set()
+    for position, item in enumerate(_items(value, source, '["10.0.0.0/8", "2001:db8::/32"]'), 1):
+        if not isinstance(item, str):
+            raise ConfigError(
+                source,
+                f'item {position}: expected an address or prefix such as "10.0.0.0/8", '
+                f"got {_describe_value(item)}",
+            )
+        try:
+            networks.add(ipaddress.ip_network(item))
+        except ValueError as error:
+            raise ConfigError(source, f"item {position}: {item!r}: {error}") from None
+    if len(networks) > MAX_SOURCE_PREFIXES:
+        raise ConfigError(source, f"at most {MAX_SOURCE_PREFIXES} prefixes, got {len(networks)}")
+    return tuple(sorted(networks, key=lambda n: (n.version, n.network_address, n.prefixlen)))
+
+
+def show_sources(value: tuple[Network, ...]) -> str:
+    if len(value) > 8:
+        return ",".join(map(str, value[:8])) + f",... ({len(value)} prefixes)"
+    return ",".join(map(str, value)) or "none"
+
+
+def parse_prefix_lengths(value: str | list[Any], source: str) -> tuple[tuple[int, int], ...]:
+    """Prefix lengths of active_prefixes, as (family, length): "v4:24,v6:48"; "" or [] for
+    none. Sorted, each once; at most MAX_PREFIX_LENGTHS per family."""
+    chosen: set[tuple[int, int]] = set()
+    for position, item in enumerate(_items(value, source, '["v4:24", "v6:48"]'), start=1):
+        name, _, text = item.partition(":") if isinstance(item, str) else ("", "", "")
+        family = _FAMILY_BY_NAME.get(name.strip().lower())
+        if family is None or not _PORT_TEXT.fullmatch(text.strip()):
+            raise ConfigError(
+                source,
+                f'item {position}: expected v4:LENGTH or v6:LENGTH (such as "v4:24"), '
+                f"got {_describe_value(item)}",
+            )
+        length = int(text)
+        if not 1 <= length <= _FAMILY_BITS[family]:
+            raise ConfigError(
+                source,
+                f"item {position}: an IP{name.strip().lower()} prefix length is "
+                f"1..{_FAMILY_BITS[family]}, got {length}",
+            )
+        chosen.add((family, length))
+    for family, name in FAMILIES.items():
+        if sum(1 for f, _ in chosen if f == family) > MAX_PREFIX_LENGTHS:
+            raise ConfigError(source, f"at most {MAX_PREFIX_LENGTHS} {name} lengths")
+    return tuple(sorted(chosen))
+
+
+def show_prefix_lengths(value: tuple[tuple[int, int], ...]) -> str:
+    return ",".join(f"{FAMILIES[family]}:{length}" for family, length in value) or "none"
+
+
+# --------------------------------------------------------------------------------------------
 # Checks of one value each: `where` starts the message ("argument -w/--window", "<file>: key ...")
 
 
@@ -339,6 +485,48 @@ def _check_fleet_ports(value: object, where: str) -> None:
             f"at most {MAX_FLEET_PORTS} ports (each exports 16,384 series: 4,096 registers "
             f"per family and protocol), got {len(value)}",
         )
+
+
+def _check_protocols(value: object, where: str) -> None:
+    if not isinstance(value, tuple) or not all(p in PROTOCOLS for p in value):
+        raise ConfigError(where, f"expected protocol numbers, got {_describe_value(value)}")
+    if not value:
+        raise ConfigError(
+            where, f"no protocols: name at least one of {', '.join(PROTOCOLS.values())}"
+        )
+
+
+def _check_icmp_types(value: object, where: str) -> None:
+    if not isinstance(value, tuple) or not all(
+        isinstance(item, tuple)
+        and len(item) == 2
+        and item[0] in ICMP_PROTOCOLS
+        and isinstance(item[1], int)
+        and 0 <= item[1] <= 255
+        for item in value
+    ):
+        raise ConfigError(where, f"expected (protocol, type) pairs, got {_describe_value(value)}")
+
+
+def _check_sources(value: object, where: str) -> None:
+    if not isinstance(value, tuple) or not all(
+        isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network) for item in value
+    ):
+        raise ConfigError(where, f"expected networks, got {_describe_value(value)}")
+    if len(value) > MAX_SOURCE_PREFIXES:
+        raise ConfigError(where, f"at most {MAX_SOURCE_PREFIXES} prefixes, got {len(value)}")
+
+
+def _check_prefix_lengths(value: object, where: str) -> None:
+    if not isinstance(value, tuple) or not all(
+        isinstance(item, tuple)
+        and len(item) == 2
+        and item[0] in _FAMILY_BITS
+        and isinstance(item[1], int)
+        and 1 <= item[1] <= _FAMILY_BITS[item[0]]
+        for item in value
+    ):
+        raise ConfigError(where, f"expected (family, length) pairs, got {_describe_value(value)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,6 +768,78 @@ SETTINGS: tuple[Setting, ...] = (
         from_flag=_integer,
         show=_number_or_off,
     ),
+    Setting(
+        key="protocols",
+        flags=("--protocols",),
+        metavar="NAMES",
+        help="Comma-separated protocols to record: "
+        + ", ".join(PROTOCOLS.values())
+        + " (for icmp and icmpv6 the port label is the ICMP type, see --icmp-types)",
+        file_types=(list,),
+        check=_check_protocols,
+        from_flag=parse_protocols,
+        from_file=parse_protocols,
+        show=lambda value: ",".join(PROTOCOLS[p] for p in value),
+    ),
+    Setting(
+        key="icmp_types",
+        flags=("--icmp-types",),
+        metavar="TYPES",
+        help="Comma-separated ICMP message types recorded when icmp or icmpv6 is: icmp:TYPE, "
+        "icmpv6:TYPE, or a TYPE for both (errors such as unreachable only if listed)",
+        file_types=(list,),
+        check=_check_icmp_types,
+        from_flag=parse_icmp_types,
+        from_file=parse_icmp_types,
+        show=show_icmp_types,
+    ),
+    Setting(
+        key="exclude_sources",
+        flags=("--exclude-sources",),
+        metavar="PREFIXES",
+        help="Comma-separated source addresses or prefixes (IPv4 and IPv6) never recorded, "
+        "whatever include_sources says",
+        file_types=(list,),
+        check=_check_sources,
+        from_flag=parse_sources,
+        from_file=parse_sources,
+        show=show_sources,
+    ),
+    Setting(
+        key="include_sources",
+        flags=("--include-sources",),
+        metavar="PREFIXES",
+        help="Comma-separated source addresses or prefixes (IPv4 and IPv6): when given, only "
+        "these sources are recorded",
+        file_types=(list,),
+        check=_check_sources,
+        from_flag=parse_sources,
+        from_file=parse_sources,
+        show=show_sources,
+    ),
+    Setting(
+        key="prefix_lengths",
+        flags=("--prefix-lengths",),
+        metavar="LENGTHS",
+        help="Comma-separated prefix lengths (v4:LENGTH, v6:LENGTH) of active_prefixes: "
+        "distinct source networks per port",
+        file_types=(list,),
+        check=_check_prefix_lengths,
+        from_flag=parse_prefix_lengths,
+        from_file=parse_prefix_lengths,
+        show=show_prefix_lengths,
+    ),
+    Setting(
+        key="scan_ports",
+        flags=("--scan-ports",),
+        metavar="N",
+        help="Distinct destination ports a source must try within the window to count in "
+        "scanning_sources and /list?scanners=1; 0 for off",
+        file_types=(int,),
+        check=partial(_check_int, low=0, high=65535),
+        from_flag=_integer,
+        show=_number_or_off,
+    ),
     # Not in --help: shorter refresh cycles are for tests (the key is documented).
     Setting(
         key="refresh_interval",
@@ -643,6 +903,12 @@ class Settings:
     xdp_mode: str = "skb"
     max_entries: int = 262144
     new_source_budget: int = 0  # new sources per second and CPU into the table; 0 = no budget
+    protocols: tuple[int, ...] = DEFAULT_PROTOCOLS  # IP protocol numbers (layout.PROTOCOLS)
+    icmp_types: tuple[tuple[int, int], ...] = ((1, 8), (58, 128))  # (protocol, type): echo requests
+    exclude_sources: tuple[Network, ...] = ()
+    include_sources: tuple[Network, ...] = ()  # () = every source
+    prefix_lengths: tuple[tuple[int, int], ...] = ((4, 24), (6, 48))  # (family, length)
+    scan_ports: int = 10  # 0 = off
     refresh_interval: int = 10
     pin_path: str = ""  # a bpffs directory to keep the sources map in across restarts; "" = off
     web_config_file: str = ""  # TLS and basic auth (exporter-toolkit format, web/config.py); "" off

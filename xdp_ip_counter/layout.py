@@ -16,8 +16,8 @@ TABLE_LAYOUT_VERSION = 3
 # Layout 2 had one set per key: its tag words are read as layout 3's (the SECONDARY bit was
 # part of the tag hash: a few more duplicate candidates, compared by key).
 TABLE_READABLE_VERSIONS = (2,)
-# Bumped whenever the sketch slot or sketch_of_port change.
-SKETCH_LAYOUT_VERSION = 2
+# Bumped whenever the sketch slot, sketch_of_port or the sketch ids change.
+SKETCH_LAYOUT_VERSION = 3
 
 # struct source_key (24 bytes). IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d) in addr,
 # with family == 4; IPv6 addresses as they are, with family == 6. port is in host byte order.
@@ -61,11 +61,28 @@ BLOCK_SETS = 2048
 ROOMY = 5
 
 # The sketch (struct sketch_slot): HLL_P index bits, one byte per register; RING slots per
-# sketch, one per tick of 2**TICK_SHIFT ns; sketches 0..3 are the "other ports" sketches.
+# sketch, one per tick of 2**TICK_SHIFT ns. Sketches 0..OTHER_SKETCHES - 1 are the "other ports"
+# sketches, one per (family, protocol) (OTHER_SKETCH_IDS, the kernel's other_sketch()); TCP and
+# UDP ports may have sketches of their own after them (sketch.py, SketchPlan), the other
+# protocols always count in their (family, protocol)'s.
 HLL_P = 14
 RING = 8
 TICK_SHIFT = 33
-OTHER_SKETCHES = 4
+OTHER_SKETCH_IDS = {
+    (4, 6): 0,
+    (4, 17): 1,
+    (6, 6): 2,
+    (6, 17): 3,
+    (4, 1): 4,
+    (6, 58): 5,
+    (4, 132): 6,
+    (6, 132): 7,
+    (4, 136): 8,
+    (6, 136): 9,
+    (4, 33): 10,
+    (6, 33): 11,
+}
+OTHER_SKETCHES = len(OTHER_SKETCH_IDS)
 SKETCH_SLOT_DTYPE = np.dtype([("tick", "<u8"), ("lost", "<u8"), ("reg", "u1", (1 << HLL_P,))])
 
 # Index of each outcome in the per-CPU stats array; every frame increments exactly one of them.
@@ -87,5 +104,19 @@ EVENTS = (
     "sketch_ticks",  # sketch slots cleared for a new tick
 )
 
-PROTOCOLS = {6: "tcp", 17: "udp"}
+# The recorded protocols, by IP protocol number, in the order of the protocols setting's --help.
+# TCP, UDP, SCTP, UDP-Lite and DCCP carry a destination port; ICMP (IPv4 only) and ICMPv6 (IPv6
+# only) carry their message type where the key holds the port.
+PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6", 132: "sctp", 136: "udplite", 33: "dccp"}
+PROTOCOL_NUMBERS = {name: number for number, name in PROTOCOLS.items()}
+ICMP_PROTOCOLS = {1: 4, 58: 6}  # protocol -> the one family it is recorded in
+PORT_PROTOCOLS = (6, 17, 132, 136, 33)
+DEFAULT_PROTOCOLS = (6, 17)  # the original tool's
+
+
+def protocol_families(proto: int) -> tuple[int, ...]:
+    """The families a protocol is recorded in: ICMP in IPv4, ICMPv6 in IPv6, the others both."""
+    return (ICMP_PROTOCOLS[proto],) if proto in ICMP_PROTOCOLS else (4, 6)
+
+
 FAMILIES = {4: "v4", 6: "v6"}
