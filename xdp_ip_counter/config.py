@@ -24,6 +24,7 @@ from types import MappingProxyType
 from typing import Any
 
 from xdp_ip_counter.layout import (
+    DEFAULT_ICMP_TYPES,
     DEFAULT_PROTOCOLS,
     FAMILIES,
     ICMP_PROTOCOLS,
@@ -283,7 +284,7 @@ def parse_protocols(value: str | list[Any], source: str) -> tuple[int, ...]:
     their IP protocol numbers in the order of layout.PROTOCOLS, each once."""
     chosen = set()
     for position, item in enumerate(_items(value, source, '["tcp", "udp", "icmp"]'), start=1):
-        name = item.lower() if isinstance(item, str) else item
+        name = item.lower() if isinstance(item, str) else None
         if name not in PROTOCOL_NUMBERS:
             raise ConfigError(
                 source,
@@ -292,6 +293,10 @@ def parse_protocols(value: str | list[Any], source: str) -> tuple[int, ...]:
             )
         chosen.add(PROTOCOL_NUMBERS[name])
     return tuple(number for number in PROTOCOLS if number in chosen)
+
+
+def show_protocols(value: tuple[int, ...]) -> str:
+    return ",".join(PROTOCOLS[proto] for proto in value)
 
 
 def parse_icmp_types(value: str | list[Any], source: str) -> tuple[tuple[int, int], ...]:
@@ -328,25 +333,62 @@ def show_icmp_types(value: tuple[tuple[int, int], ...]) -> str:
     return ",".join(f"{PROTOCOLS[proto]}:{kind}" for proto, kind in value) or "none"
 
 
+_IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
+def _parse_source(item: object, source: str, position: int) -> Network:
+    """One item of a source list: "ADDRESS" or "ADDRESS/LENGTH" (CIDR), IPv4 or IPv6."""
+    label = f"item {position}"
+    if not isinstance(item, str):
+        raise ConfigError(
+            source,
+            f'{label}: expected an address or prefix such as "10.0.0.0/8", '
+            f"got {_describe_value(item)}",
+        )
+    text, slash, length_text = item.partition("/")
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise ConfigError(
+            source,
+            f"{label}: {item!r} is not an IPv4 or IPv6 address or prefix "
+            '(such as "192.0.2.7", "10.0.0.0/8", "2001:db8::/32")',
+        ) from None
+    bits = _FAMILY_BITS[address.version]
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        raise ConfigError(source, f"{label}: {item!r}: a source prefix has no scope (%zone)")
+    if slash and not (_PORT_TEXT.fullmatch(length_text) and int(length_text) <= bits):
+        raise ConfigError(
+            source,
+            f"{label}: {item!r}: expected a prefix length 0..{bits} after the '/', "
+            f"got {length_text!r}",
+        )
+    length = int(length_text) if slash else bits
+    network = ipaddress.ip_network((address, length), strict=False)
+    if network.network_address != address:
+        raise ConfigError(
+            source,
+            f"{label}: {item!r} has host bits set (the /{length} prefix of {address} is {network})",
+        )
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_IPV4_MAPPED):
+        # It would match only IPv6 packets from IPv4-mapped sources (the lists keep the
+        # families apart), which hosts do not send: almost surely the IPv4 prefix is meant.
+        mapped = network.network_address.ipv4_mapped
+        raise ConfigError(
+            source,
+            f"{label}: {item!r} is IPv4-mapped: write the IPv4 prefix ({mapped}/{length - 96})",
+        )
+    return network
+
+
 def parse_sources(value: str | list[Any], source: str) -> tuple[Network, ...]:
     """Source prefixes: "10.0.0.0/8,2001:db8::/32" or ["192.0.2.7", ...] (an address alone is a
     /32 or /128); "" or [] for none. A prefix with host bits set is refused (it is most often a
-    typo for a shorter or longer one). Sorted (IPv4 first), each once; at most
-    MAX_SOURCE_PREFIXES."""
-    networks: set[Network] = set()
-    for position, item in enumerate(_items(value, source, '["10.0.0.0/8", "2001:db8::/32"]'), 1):
-        if not isinstance(item, str):
-            raise ConfigError(
-                source,
-                f'item {position}: expected an address or prefix such as "10.0.0.0/8", '
-                f"got {_describe_value(item)}",
-            )
-        try:
-            networks.add(ipaddress.ip_network(item))
-        except ValueError as error:
-            raise ConfigError(source, f"item {position}: {item!r}: {error}") from None
-    if len(networks) > MAX_SOURCE_PREFIXES:
-        raise ConfigError(source, f"at most {MAX_SOURCE_PREFIXES} prefixes, got {len(networks)}")
+    typo for a shorter or longer one), and so is an IPv4-mapped IPv6 prefix (write the IPv4
+    one). Sorted (IPv4 first), each once; overlapping prefixes are kept as given. The number of
+    prefixes (at most MAX_SOURCE_PREFIXES) is checked with the setting."""
+    items = _items(value, source, '["10.0.0.0/8", "2001:db8::/32"]')
+    networks = {_parse_source(item, source, n) for n, item in enumerate(items, start=1)}
     return tuple(sorted(networks, key=lambda n: (n.version, n.network_address, n.prefixlen)))
 
 
@@ -358,7 +400,8 @@ def show_sources(value: tuple[Network, ...]) -> str:
 
 def parse_prefix_lengths(value: str | list[Any], source: str) -> tuple[tuple[int, int], ...]:
     """Prefix lengths of active_prefixes, as (family, length): "v4:24,v6:48"; "" or [] for
-    none. Sorted, each once; at most MAX_PREFIX_LENGTHS per family."""
+    none. Sorted, each once. The number per family (at most MAX_PREFIX_LENGTHS) is checked
+    with the setting."""
     chosen: set[tuple[int, int]] = set()
     for position, item in enumerate(_items(value, source, '["v4:24", "v6:48"]'), start=1):
         name, _, text = item.partition(":") if isinstance(item, str) else ("", "", "")
@@ -377,9 +420,6 @@ def parse_prefix_lengths(value: str | list[Any], source: str) -> tuple[tuple[int
                 f"1..{_FAMILY_BITS[family]}, got {length}",
             )
         chosen.add((family, length))
-    for family, name in FAMILIES.items():
-        if sum(1 for f, _ in chosen if f == family) > MAX_PREFIX_LENGTHS:
-            raise ConfigError(source, f"at most {MAX_PREFIX_LENGTHS} {name} lengths")
     return tuple(sorted(chosen))
 
 
@@ -487,8 +527,12 @@ def _check_fleet_ports(value: object, where: str) -> None:
         )
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_protocols(value: object, where: str) -> None:
-    if not isinstance(value, tuple) or not all(p in PROTOCOLS for p in value):
+    if not isinstance(value, tuple) or not all(_is_int(p) and p in PROTOCOLS for p in value):
         raise ConfigError(where, f"expected protocol numbers, got {_describe_value(value)}")
     if not value:
         raise ConfigError(
@@ -500,8 +544,9 @@ def _check_icmp_types(value: object, where: str) -> None:
     if not isinstance(value, tuple) or not all(
         isinstance(item, tuple)
         and len(item) == 2
+        and _is_int(item[0])
         and item[0] in ICMP_PROTOCOLS
-        and isinstance(item[1], int)
+        and _is_int(item[1])
         and 0 <= item[1] <= 255
         for item in value
     ):
@@ -514,19 +559,32 @@ def _check_sources(value: object, where: str) -> None:
     ):
         raise ConfigError(where, f"expected networks, got {_describe_value(value)}")
     if len(value) > MAX_SOURCE_PREFIXES:
-        raise ConfigError(where, f"at most {MAX_SOURCE_PREFIXES} prefixes, got {len(value)}")
+        raise ConfigError(
+            where,
+            f"at most {MAX_SOURCE_PREFIXES} prefixes (the size of the kernel's trie), "
+            f"got {len(value)}",
+        )
 
 
 def _check_prefix_lengths(value: object, where: str) -> None:
     if not isinstance(value, tuple) or not all(
         isinstance(item, tuple)
         and len(item) == 2
+        and _is_int(item[0])
         and item[0] in _FAMILY_BITS
-        and isinstance(item[1], int)
+        and _is_int(item[1])
         and 1 <= item[1] <= _FAMILY_BITS[item[0]]
         for item in value
     ):
         raise ConfigError(where, f"expected (family, length) pairs, got {_describe_value(value)}")
+    for family, name in FAMILIES.items():
+        count = len({length for f, length in value if f == family})
+        if count > MAX_PREFIX_LENGTHS:
+            raise ConfigError(
+                where,
+                f"at most {MAX_PREFIX_LENGTHS} {name} lengths (each is one more active_prefixes "
+                f"series per port and protocol), got {count}",
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -571,6 +629,18 @@ def _absolute_path(text: str, where: str) -> str:
 def _number_or_off(value: int) -> str:
     """A limit as shown, "off" for 0 (no limit)."""
     return str(value) if value else "off"
+
+
+def _source_changes(before: tuple[Network, ...], after: tuple[Network, ...]) -> str:
+    """What a reload adds and removes, since a long list shows only its first prefixes ("" from
+    or to an empty list: the list itself says it)."""
+    if not before or not after:
+        return ""
+    added = tuple(network for network in after if network not in before)
+    removed = tuple(network for network in before if network not in after)
+    details = [f"added {show_sources(added)}"] if added else []
+    details += [f"removed {show_sources(removed)}"] if removed else []
+    return "; ".join(details)
 
 
 def _interface_changes(before: tuple[str, ...], after: tuple[str, ...]) -> str:
@@ -779,7 +849,7 @@ SETTINGS: tuple[Setting, ...] = (
         check=_check_protocols,
         from_flag=parse_protocols,
         from_file=parse_protocols,
-        show=lambda value: ",".join(PROTOCOLS[p] for p in value),
+        show=show_protocols,
     ),
     Setting(
         key="icmp_types",
@@ -798,12 +868,13 @@ SETTINGS: tuple[Setting, ...] = (
         flags=("--exclude-sources",),
         metavar="PREFIXES",
         help="Comma-separated source addresses or prefixes (IPv4 and IPv6) never recorded, "
-        "whatever include_sources says",
+        "even if included",
         file_types=(list,),
         check=_check_sources,
         from_flag=parse_sources,
         from_file=parse_sources,
         show=show_sources,
+        change_detail=_source_changes,
     ),
     Setting(
         key="include_sources",
@@ -816,6 +887,7 @@ SETTINGS: tuple[Setting, ...] = (
         from_flag=parse_sources,
         from_file=parse_sources,
         show=show_sources,
+        change_detail=_source_changes,
     ),
     Setting(
         key="prefix_lengths",
@@ -834,7 +906,8 @@ SETTINGS: tuple[Setting, ...] = (
         flags=("--scan-ports",),
         metavar="N",
         help="Distinct destination ports a source must try within the window to count in "
-        "scanning_sources and /list?scanners=1; 0 for off",
+        "scanning_sources and /list?scanners=1 (with all ports or a wide range watched); 0 for "
+        "off",
         file_types=(int,),
         check=partial(_check_int, low=0, high=65535),
         from_flag=_integer,
@@ -904,7 +977,7 @@ class Settings:
     max_entries: int = 262144
     new_source_budget: int = 0  # new sources per second and CPU into the table; 0 = no budget
     protocols: tuple[int, ...] = DEFAULT_PROTOCOLS  # IP protocol numbers (layout.PROTOCOLS)
-    icmp_types: tuple[tuple[int, int], ...] = ((1, 8), (58, 128))  # (protocol, type): echo requests
+    icmp_types: tuple[tuple[int, int], ...] = DEFAULT_ICMP_TYPES  # (protocol, type)
     exclude_sources: tuple[Network, ...] = ()
     include_sources: tuple[Network, ...] = ()  # () = every source
     prefix_lengths: tuple[tuple[int, int], ...] = ((4, 24), (6, 48))  # (family, length)
@@ -945,13 +1018,22 @@ class Settings:
         source = str(self.config_path) if self.config_path else "none"
         ip_list = "on" if self.serve_ip_list else "off"
         web = f", web config file {self.web_config_file}" if self.web_config_file else ""
+        recorded_icmp = [proto for proto in self.protocols if proto in ICMP_PROTOCOLS]
+        icmp_types = tuple(item for item in self.icmp_types if item[0] in recorded_icmp)
+        icmp = f" (icmp types {show_icmp_types(icmp_types)})" if recorded_icmp else ""
+        sources = show_sources(self.include_sources) if self.include_sources else "all"
+        if self.exclude_sources:
+            sources += f" except {show_sources(self.exclude_sources)}"
         return (
             f"interfaces {','.join(self.interfaces)}; ports {self.ports}; "
             f"window {self.window}s (refresh every {self.refresh_interval}s); "
             f"serving {listen}:{self.server_port}, ip list {ip_list}{web}; "
             f"xdp mode {self.xdp_mode}; max entries {self.max_entries}; "
             f"new source budget {_number_or_off(self.new_source_budget)}; "
-            f"fleet ports {','.join(map(str, self.fleet_ports)) or 'none'}; config file {source}"
+            f"fleet ports {','.join(map(str, self.fleet_ports)) or 'none'}; "
+            f"protocols {show_protocols(self.protocols)}{icmp}; "
+            f"sources {sources}; prefix lengths {show_prefix_lengths(self.prefix_lengths)}; "
+            f"scan ports {_number_or_off(self.scan_ports)}; config file {source}"
         )
 
 

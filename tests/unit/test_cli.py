@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,12 @@ ADDED_FLAGS = [
     "--xdp-mode <MODE>",
     "--max-entries <N>",
     "--new-source-budget <N>",
+    "--protocols <NAMES>",
+    "--icmp-types <TYPES>",
+    "--exclude-sources <PREFIXES>",
+    "--include-sources <PREFIXES>",
+    "--prefix-lengths <LENGTHS>",
+    "--scan-ports <N>",
     "--pin-path <DIR>",
     "--web.config.file <PATH>",
     "--check-config",
@@ -99,6 +106,18 @@ def test_every_flag(no_default_config: Path) -> None:
             "5",
             "--fleet-ports",
             "80,22",
+            "--protocols",
+            "udp,icmp,tcp",
+            "--icmp-types",
+            "icmp:3,8",
+            "--exclude-sources",
+            "10.1.0.0/16,2001:db8::1",
+            "--include-sources",
+            "10.0.0.0/8",
+            "--prefix-lengths",
+            "v4:16,v6:64",
+            "--scan-ports",
+            "100",
         ],
         no_default_config,
     )
@@ -114,6 +133,12 @@ def test_every_flag(no_default_config: Path) -> None:
         max_entries=4096,
         new_source_budget=20000,
         refresh_interval=5,
+        protocols=(6, 17, 1),
+        icmp_types=((1, 3), (1, 8), (58, 8)),
+        exclude_sources=(ip_network("10.1.0.0/16"), ip_network("2001:db8::1/128")),
+        include_sources=(ip_network("10.0.0.0/8"),),
+        prefix_lengths=((4, 16), (6, 64)),
+        scan_ports=100,
     )
 
 
@@ -183,6 +208,64 @@ def test_long_forms(no_default_config: Path) -> None:
             ["--fleet-ports", ",".join(map(str, range(1, 18)))],
             "argument --fleet-ports: at most 16 ports",
         ),
+        (
+            ["--protocols", "tcp,http"],
+            "argument --protocols: item 2: expected one of tcp, udp, icmp, icmpv6, sctp, "
+            "udplite, dccp, got a string ('http')",
+        ),
+        (
+            ["--protocols", ""],
+            "argument --protocols: no protocols: name at least one of tcp, udp, icmp,",
+        ),
+        (["--protocols", "tcp,"], "argument --protocols: item 2: empty item"),
+        (
+            ["--icmp-types", "icmp:8,tcp:8"],
+            "argument --icmp-types: item 2: 'tcp:8': expected icmp:TYPE or icmpv6:TYPE",
+        ),
+        (
+            ["--icmp-types", "ping"],
+            'argument --icmp-types: item 1: expected an ICMP type (8, "icmp:8" or '
+            "\"icmpv6:128\"), got a string ('ping')",
+        ),
+        (
+            ["--icmp-types", "icmpv6:256"],
+            "argument --icmp-types: item 1: ICMP type 256 is outside 0..255",
+        ),
+        (
+            ["--exclude-sources", "10.0.0.0/8,192.0.2.1/24"],
+            "argument --exclude-sources: item 2: '192.0.2.1/24' has host bits set (the /24 "
+            "prefix of 192.0.2.1 is 192.0.2.0/24)",
+        ),
+        (
+            ["--exclude-sources", "10.0.0.0/40"],
+            "argument --exclude-sources: item 1: '10.0.0.0/40': expected a prefix length 0..32",
+        ),
+        (
+            ["--include-sources", "any"],
+            "argument --include-sources: item 1: 'any' is not an IPv4 or IPv6 address or prefix",
+        ),
+        (
+            ["--include-sources", "::ffff:10.0.0.0/104"],
+            "argument --include-sources: item 1: '::ffff:10.0.0.0/104' is IPv4-mapped: write "
+            "the IPv4 prefix (10.0.0.0/8)",
+        ),
+        (
+            ["--prefix-lengths", "v4:24,/16"],
+            "argument --prefix-lengths: item 2: expected v4:LENGTH or v6:LENGTH (such as "
+            "\"v4:24\"), got a string ('/16')",
+        ),
+        (
+            ["--prefix-lengths", "v4:33"],
+            "argument --prefix-lengths: item 1: an IPv4 prefix length is 1..32, got 33",
+        ),
+        (
+            ["--prefix-lengths", "v6:32,v6:40,v6:48,v6:56,v6:64"],
+            "argument --prefix-lengths: at most 4 v6 lengths",
+        ),
+        (["--scan-ports", "-1"], "argument --scan-ports: must be 0..65535, got -1"),
+        (["--scan-ports", "65536"], "argument --scan-ports: must be 0..65535, got 65536"),
+        (["--scan-ports", "ten"], "argument --scan-ports: expected an integer, got 'ten'"),
+        (["--scan-ports"], "argument --scan-ports: expected one argument"),
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--serve"], "unrecognized arguments: --serve"),  # no abbreviations
         (["-w"], "argument -w/--window: expected one argument"),
@@ -463,6 +546,132 @@ def test_check_config_exits_2_on_a_bad_new_source_budget(
     result = run_module("--check-config", "-c", str(path), *flags)
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == f"xdp-ip-counter: error: {expected.format(path=path)}\n"
+
+
+NEW_SETTINGS_FILE = """interfaces = ["lo"]
+protocols = ["tcp", "icmpv6"]
+icmp_types = ["icmpv6:128", "icmpv6:1"]
+exclude_sources = ["2001:db8:1::/48"]
+include_sources = ["2001:db8::/32", "192.0.2.0/24"]
+prefix_lengths = ["v6:56"]
+scan_ports = 50
+"""
+
+
+def test_the_new_settings_from_the_file_and_the_flags(
+    tmp_path: Path, no_default_config: Path
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(NEW_SETTINGS_FILE)
+    from_file = settings(["-c", str(path)], no_default_config)
+    assert from_file.protocols == (6, 58)
+    assert from_file.icmp_types == ((58, 1), (58, 128))
+    assert from_file.exclude_sources == (ip_network("2001:db8:1::/48"),)
+    assert from_file.include_sources == (ip_network("192.0.2.0/24"), ip_network("2001:db8::/32"))
+    assert from_file.prefix_lengths == ((6, 56),)
+    assert from_file.scan_ports == 50
+    for key in ("protocols", "icmp_types", "exclude_sources", "include_sources"):
+        assert from_file.origins[key] == f"{path}: key '{key}'"
+
+    flags = [
+        *("--protocols", "sctp"),
+        *("--icmp-types", ""),
+        *("--exclude-sources", ""),
+        *("--include-sources", "198.51.100.7"),
+        *("--prefix-lengths", "v4:24"),
+        *("--scan-ports", "0"),
+    ]
+    from_flags = settings(["-c", str(path), *flags], no_default_config)
+    assert from_flags == Settings(
+        interfaces=("lo",),
+        protocols=(132,),
+        icmp_types=(),
+        exclude_sources=(),
+        include_sources=(ip_network("198.51.100.7/32"),),
+        prefix_lengths=((4, 24),),
+        scan_ports=0,
+        config_path=path,
+    )
+    assert from_flags.origins["scan_ports"] == "argument --scan-ports"
+    assert from_flags.origins["include_sources"] == "argument --include-sources"
+
+
+def test_check_config_summarises_the_new_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(NEW_SETTINGS_FILE)
+    assert entry.main(["--check-config", "-c", str(path)]) == 0
+    assert (
+        "; protocols tcp,icmpv6 (icmp types icmpv6:1,icmpv6:128); "
+        "sources 192.0.2.0/24,2001:db8::/32 except 2001:db8:1::/48; prefix lengths v6:56; "
+        f"scan ports 50; config file {path}\n"
+    ) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "expected"),
+    [
+        ('protocols = "tcp"\n', [], "{path}: key 'protocols': expected an array, got a string"),
+        ("protocols = []\n", [], "{path}: key 'protocols': no protocols: name at least one of"),
+        (
+            'protocols = ["tcp", "igmp"]\n',
+            [],
+            "{path}: key 'protocols': item 2: expected one of tcp, udp, icmp, icmpv6, sctp,",
+        ),
+        (
+            'icmp_types = ["icmp:echo"]\n',
+            [],
+            "{path}: key 'icmp_types': item 1: expected an ICMP type",
+        ),
+        (
+            'exclude_sources = ["10.0.0.0/8", "10.1.2.3/16"]\n',
+            [],
+            "{path}: key 'exclude_sources': item 2: '10.1.2.3/16' has host bits set",
+        ),
+        (
+            'include_sources = ["fe80::1%lo"]\n',
+            [],
+            "{path}: key 'include_sources': item 1: 'fe80::1%lo': a source prefix has no scope",
+        ),
+        ('prefix_lengths = ["v4:64"]\n', [], "{path}: key 'prefix_lengths': item 1: an IPv4"),
+        ("scan_ports = 70000\n", [], "{path}: key 'scan_ports': must be 0..65535, got 70000"),
+        ("scan_port = 10\n", [], "{path}: key 'scan_port': unknown key (did you mean"),
+        ("", ["--protocols", "tcp,ucp"], "argument --protocols: item 2: expected one of"),
+        ("", ["--icmp-types", "icmp:8:1"], "argument --icmp-types: item 1: expected an ICMP"),
+        ("", ["--exclude-sources", "10/8"], "argument --exclude-sources: item 1: '10/8' is not"),
+        ("", ["--include-sources", "::1/200"], "argument --include-sources: item 1: '::1/200':"),
+        ("", ["--prefix-lengths", "v4"], "argument --prefix-lengths: item 1: expected v4:LENGTH"),
+        ("", ["--scan-ports", "1.5"], "argument --scan-ports: expected an integer, got '1.5'"),
+        ("", ["--scan-port", "5"], "unrecognized arguments: --scan-port 5"),
+    ],
+)
+def test_check_config_exits_2_on_a_bad_new_setting(
+    tmp_path: Path,
+    text: str,
+    flags: list[str],
+    expected: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('interfaces = ["lo"]\n' + text)
+    assert entry.main(["--check-config", "-c", str(path), *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"xdp-ip-counter: error: {expected.format(path=path)}")
+    assert captured.err.count("\n") == 1
+
+
+def test_check_config_exits_2_on_a_bad_source_list_as_a_command(tmp_path: Path) -> None:
+    """The same, through the installed entry point's process: exit code and one line."""
+    path = tmp_path / "config.toml"
+    path.write_text('interfaces = ["lo"]\nexclude_sources = ["192.0.2.1/24"]\n')
+    result = run_module("--check-config", "-c", str(path))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"xdp-ip-counter: error: {path}: key 'exclude_sources': item 1: '192.0.2.1/24' has host "
+        "bits set (the /24 prefix of 192.0.2.1 is 192.0.2.0/24)\n"
+    )
 
 
 def test_check_config_bad_flag(tmp_path: Path) -> None:
