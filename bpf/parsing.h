@@ -2,8 +2,8 @@
  *
  * Every parser checks bounds before it reads, advances the cursor past the header it parsed and
  * returns either the next protocol (>= 0) or a negative PARSE_* verdict. Loops are bounded. A
- * protocol not parsed further (ESP, No Next Header, ICMP, ...) is returned as its number, for
- * the caller to count as it sees fit.
+ * protocol not parsed further (ESP, No Next Header, ...) is returned as its number, for the
+ * caller to count as it sees fit. The L4 parsers return the destination port (the ICMP type).
  * Only UAPI structures are used, so any kernel's headers compile this.
  */
 #ifndef XDP_IP_COUNTER_PARSING_H
@@ -162,7 +162,7 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *c, void *end, struct 
             break;
         }
         default:
-            /* TCP, UDP, or something we do not walk (ESP, No Next Header, ICMPv6, ...). */
+            /* An upper layer, or something we do not walk (ESP, No Next Header, ...). */
             return nexthdr;
         }
     }
@@ -195,6 +195,7 @@ static __always_inline int parse_tcp_dport(struct hdr_cursor *c, void *end)
     return net16(th->dest);
 }
 
+/* UDP and UDP-Lite (RFC 3828: the same 8-byte header, its length field a checksum coverage). */
 static __always_inline int parse_udp_dport(struct hdr_cursor *c, void *end)
 {
     struct udphdr *uh = c->pos;
@@ -202,6 +203,71 @@ static __always_inline int parse_udp_dport(struct hdr_cursor *c, void *end)
         return PARSE_MALFORMED;
     c->pos = uh + 1;
     return net16(uh->dest);
+}
+
+/* SCTP (RFC 9260): the 12-byte common header (ports, verification tag, checksum). */
+struct sctp_common_hdr {
+    __be16 source;
+    __be16 dest;
+    __be32 vtag;
+    __le32 checksum;
+};
+
+static __always_inline int parse_sctp_dport(struct hdr_cursor *c, void *end)
+{
+    struct sctp_common_hdr *sh = c->pos;
+    if ((void *)(sh + 1) > end)
+        return PARSE_MALFORMED;
+    c->pos = sh + 1;
+    return net16(sh->dest);
+}
+
+/* DCCP (RFC 4340, 5.1): a generic header of 12 bytes, 16 with extended sequence numbers (X),
+ * then options up to the data offset (in 32-bit words), which must cover the generic header;
+ * the whole header, options included, must be present. */
+struct dccp_generic_hdr {
+    __be16 source;
+    __be16 dest;
+    __u8 doff;
+    __u8 ccval_cscov;
+    __be16 checksum;
+    __u8 res_type_x; /* Res (3 bits), Type (4), X (1: the low bit) */
+    __u8 seq_high;
+    __be16 seq_low;
+};
+
+static __always_inline int parse_dccp_dport(struct hdr_cursor *c, void *end)
+{
+    struct dccp_generic_hdr *dh = c->pos;
+    if ((void *)(dh + 1) > end)
+        return PARSE_MALFORMED;
+    __u32 generic = (dh->res_type_x & 1) ? 16 : 12;
+    __u32 hdrsize = dh->doff * 4;
+    if (hdrsize < generic)
+        return PARSE_MALFORMED;
+    if (c->pos + hdrsize > end)
+        return PARSE_MALFORMED;
+    c->pos += hdrsize;
+    return net16(dh->dest);
+}
+
+/* ICMP and ICMPv6: type, code, checksum and the 4 bytes after them (the identifier and
+ * sequence of an echo, the unused or pointer word of an error) are the 8 bytes every message
+ * has. Returns the message type. */
+struct icmp_common_hdr {
+    __u8 type;
+    __u8 code;
+    __be16 checksum;
+    __be32 rest;
+};
+
+static __always_inline int parse_icmp_type(struct hdr_cursor *c, void *end)
+{
+    struct icmp_common_hdr *ih = c->pos;
+    if ((void *)(ih + 1) > end)
+        return PARSE_MALFORMED;
+    c->pos = ih + 1;
+    return ih->type;
 }
 
 #endif /* XDP_IP_COUNTER_PARSING_H */

@@ -10,7 +10,8 @@
 #include "parsing.h"
 
 /* Key of the sources map. IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d), with
- * family 4; IPv6 addresses as they are, with family 6. port is in host byte order.
+ * family 4; IPv6 addresses as they are, with family 6. port is in host byte order: the
+ * destination port, or for ICMP and ICMPv6 the message type. proto is the IP protocol number.
  * Mirrored in xdp_ip_counter/layout.py (a test compares the two). */
 struct source_key {
     __u8 addr[16];
@@ -23,13 +24,32 @@ struct source_key {
 /* The program's configuration. Watched destination ports: bit (port % 64) of bits[port / 64];
  * all_ports != 0 watches all. window_stamps: the window in units of 2^30 ns, rounded up, for
  * the sources table's lazy expiry (xdp_ip_counter.c). admit_per_tick: new sources a CPU may
- * put in the table per tick of the sketches (the new_source_budget setting), 0 for no limit. */
+ * put in the table per tick of the sketches (the new_source_budget setting), 0 for no limit.
+ * protocols: the PROTOCOL_* bits of the protocols recorded. source_lists: EXCLUDE_LIST when the
+ * exclude_sources trie has prefixes, INCLUDE_LIST when include_sources is in force. icmp_types:
+ * the ICMP types recorded (bit type % 64 of word type / 64), ICMPv6 types from word 4. Written
+ * by xdp_ip_counter/bpf.py (DataPath._write_filter). */
 struct port_filter {
     __u64 all_ports;
     __u64 window_stamps;
     __u64 admit_per_tick;
+    __u64 protocols;
+    __u64 source_lists;
+    __u64 icmp_types[8];
     __u64 bits[1024];
 };
+
+/* Bits of port_filter.protocols, in the order of layout.PROTOCOLS. */
+#define PROTOCOL_TCP (1 << 0)
+#define PROTOCOL_UDP (1 << 1)
+#define PROTOCOL_ICMP (1 << 2)   /* in IPv4 only */
+#define PROTOCOL_ICMPV6 (1 << 3) /* in IPv6 only */
+#define PROTOCOL_SCTP (1 << 4)
+#define PROTOCOL_UDPLITE (1 << 5)
+#define PROTOCOL_DCCP (1 << 6)
+
+#define EXCLUDE_LIST 1
+#define INCLUDE_LIST 2
 
 /* One counter per outcome; every frame increments exactly one. Order = layout.OUTCOMES. */
 enum outcome {
@@ -43,6 +63,8 @@ enum outcome {
     OUTCOME_TOO_DEEP,
     OUTCOME_INSERT_FAILED,
     OUTCOME_NOT_ADMITTED,
+    OUTCOME_EXCLUDED,
+    OUTCOME_NOT_INCLUDED,
     OUTCOME_MAX,
 };
 
@@ -75,13 +97,51 @@ static __always_inline int port_in_filter(const struct port_filter *filter, __u1
     return (filter->bits[port >> 6] >> (port & 63)) & 1;
 }
 
+/* Whether filter watches key: its ICMP type for ICMP and ICMPv6 (the key's port), else its
+ * port. */
+static __always_inline int key_in_filter(const struct port_filter *filter,
+                                         const struct source_key *key)
+{
+    if (!filter)
+        return 0;
+    if (key->proto == IPPROTO_ICMP || key->proto == IPPROTO_ICMPV6) {
+        __u32 word = (key->proto == IPPROTO_ICMPV6 ? 4 : 0) + ((key->port >> 6) & 3);
+        return (filter->icmp_types[word & 7] >> (key->port & 63)) & 1;
+    }
+    return port_in_filter(filter, key->port);
+}
+
+/* The PROTOCOL_* bit of an upper-layer protocol in an IP family; 0 when not one we record. */
+static __always_inline __u64 protocol_bit(int l4proto, int family)
+{
+    switch (l4proto) {
+    case IPPROTO_TCP:
+        return PROTOCOL_TCP;
+    case IPPROTO_UDP:
+        return PROTOCOL_UDP;
+    case IPPROTO_ICMP:
+        return family == 4 ? PROTOCOL_ICMP : 0;
+    case IPPROTO_ICMPV6:
+        return family == 6 ? PROTOCOL_ICMPV6 : 0;
+    case IPPROTO_SCTP:
+        return PROTOCOL_SCTP;
+    case IPPROTO_UDPLITE:
+        return PROTOCOL_UDPLITE;
+    case IPPROTO_DCCP:
+        return PROTOCOL_DCCP;
+    default:
+        return 0;
+    }
+}
+
 #define SOURCE_KEY_PARSED -1
 
 /* Parse ctx's frame into *key (every field) and *ip_len (the IP length, header included).
+ * protocols: the PROTOCOL_* bits of the protocols to record; the header of another is not read.
  * Returns SOURCE_KEY_PARSED, for the caller to filter by key->port and record; otherwise the
  * outcome to count: not IP, another protocol, malformed, a fragment, too deep. */
 static __always_inline int parse_source_key(struct xdp_md *ctx, struct source_key *key,
-                                            __u32 *ip_len)
+                                            __u32 *ip_len, __u64 protocols)
 {
     void *data = (void *)(long)ctx->data;
     void *end = (void *)(long)ctx->data_end;
@@ -114,13 +174,19 @@ static __always_inline int parse_source_key(struct xdp_md *ctx, struct source_ke
         return OUTCOME_NOT_IP;
     }
 
+    if (!(protocol_bit(l4proto, key->family) & protocols))
+        return OUTCOME_OTHER_PROTOCOL;
     int port;
     if (l4proto == IPPROTO_TCP)
         port = parse_tcp_dport(&c, end);
-    else if (l4proto == IPPROTO_UDP)
+    else if (l4proto == IPPROTO_UDP || l4proto == IPPROTO_UDPLITE)
         port = parse_udp_dport(&c, end);
+    else if (l4proto == IPPROTO_SCTP)
+        port = parse_sctp_dport(&c, end);
+    else if (l4proto == IPPROTO_DCCP)
+        port = parse_dccp_dport(&c, end);
     else
-        return OUTCOME_OTHER_PROTOCOL;
+        port = parse_icmp_type(&c, end); /* ICMP in IPv4, ICMPv6 in IPv6 */
     if (port < 0)
         return OUTCOME_MALFORMED;
     /* The L4 header must lie within the length the IP header declares. */

@@ -1,6 +1,7 @@
 /* xdp_ip_counter: record (ingress interface, source address, L4 protocol, destination port)
- * for every IPv4/IPv6 TCP or UDP frame to a watched port, in an exact table and in a sliding-
- * window cardinality sketch. Parse, filter, record; always XDP_PASS.
+ * for every IPv4/IPv6 frame of a recorded protocol (TCP, UDP, SCTP, UDP-Lite, DCCP to a watched
+ * port; ICMP, ICMPv6 of a watched type) from a source the lists let through, in an exact table
+ * and in a sliding-window cardinality sketch. Parse, filter, record; always XDP_PASS.
  *
  * Compiled by bcc at start-up with these -D settings from the daemon (xdp_ip_counter/bpf.py):
  *   SETS         sets of the sources table (WAYS slots each): a multiple of BLOCK_SETS
@@ -9,6 +10,7 @@
  *   CLOCK_JIFFY_ZERO, CLOCK_TICK_NS   the clock (below), calibrated by xdp_ip_counter/clock.py
  *   ORDERED_STORES 1 where stores are seen in program order (x86): claim() publishes a slot
  *                with a plain store
+ *   MAX_SOURCE_PREFIXES  room of each source list (config.MAX_SOURCE_PREFIXES)
  *
  * Benchmark steps (bench/kernel_cost.py), never set by the daemon:
  *   COARSE_CLOCK  clock_now() calls bpf_ktime_get_coarse_ns() instead of reading jiffies
@@ -31,6 +33,9 @@
 #endif
 #ifndef ORDERED_STORES
 #define ORDERED_STORES 0
+#endif
+#ifndef MAX_SOURCE_PREFIXES
+#define MAX_SOURCE_PREFIXES 16384
 #endif
 #define WAYS 8 /* the verifier gives up (E2BIG) at 16 */
 
@@ -129,6 +134,20 @@ BPF_F_TABLE("array", int, struct set, sources, SETS, BPF_F_MMAPABLE);
  * (carrying a pinned one over) writes the words again from it (table.py, fingerprint_words). */
 BPF_F_TABLE("array", int, __u64, fingerprints, SETS, BPF_F_MMAPABLE);
 BPF_ARRAY(port_filter, struct port_filter, 1);
+/* The source lists (exclude_sources, include_sources): longest-prefix-match tries of source
+ * prefixes: the family, then the address as the key holds it (an IPv4 /n is 4, ::ffff:a.b.c.d
+ * of prefix length 8 + 96 + n; an IPv6 /n is 6, the address, 8 + n), so that a prefix of one
+ * family never matches a source of the other (::/0 is not every IPv4 source). Looked up only
+ * while port_filter.source_lists says a list is in force. */
+struct source_prefix {
+    __u32 prefixlen;
+    __u8 family;
+    __u8 addr[16];
+};
+BPF_F_TABLE("lpm_trie", struct source_prefix, __u8, exclude_sources, MAX_SOURCE_PREFIXES,
+            BPF_F_NO_PREALLOC);
+BPF_F_TABLE("lpm_trie", struct source_prefix, __u8, include_sources, MAX_SOURCE_PREFIXES,
+            BPF_F_NO_PREALLOC);
 /* Per CPU: one counter per outcome (every frame increments exactly one), then the events. */
 BPF_PERCPU_ARRAY(stats, __u64, STATS_MAX);
 
@@ -146,9 +165,10 @@ static __always_inline int count(__u32 outcome)
  * (8.6 s): HLL_P index bits, 2^HLL_P one-byte registers, relative standard error
  * 1.04 / 2^(HLL_P / 2) = 0.81 %. Userspace unions (register-wise max) the ticks of the window.
  *
- * - Which sketch: sketch_of_port[port].id[class], class = (family == 6) * 2 + (proto == UDP);
- *   0 sends the port to its class's "other ports" sketch (ids 0..3). The daemon gives ports of
- *   their own sketches (xdp_ip_counter/sketch.py, SketchPlan).
+ * - Which sketch: for TCP and UDP sketch_of_port[port].id[class], class = (family == 6) * 2 +
+ *   (proto == UDP); 0 sends the port to its class's "other ports" sketch (ids 0..3). The daemon
+ *   gives ports of their own sketches (xdp_ip_counter/sketch.py, SketchPlan). The other
+ *   protocols count in one sketch per (family, protocol) (other_sketch(), ids 4..11).
  * - The ring: RING slots per sketch, slot tick % RING; RING ticks cover the default window, so
  *   a pinned map keeps it across a restart. A slot remembers its tick; the first CPU to see a
  *   new tick there wins a compare-and-exchange on it and clears the registers (another CPU's
@@ -171,7 +191,7 @@ static __always_inline int count(__u32 outcome)
 #define HLL_Q (64 - HLL_P)
 #define RING 8
 #define TICK_SHIFT 33
-#define OTHER_SKETCHES 4
+#define OTHER_SKETCHES 12
 
 struct sketch_slot {
     __u64 tick;
@@ -216,19 +236,43 @@ static __always_inline __u8 hll_rank(__u64 x)
     return n;
 }
 
+/* The "other ports" sketch of a protocol other than TCP and UDP in a family (layout.py,
+ * OTHER_SKETCH_IDS): their ports and ICMP types have no sketches of their own. */
+static __always_inline __u32 other_sketch(__u8 proto, __u32 v6)
+{
+    switch (proto) {
+    case IPPROTO_ICMP:
+        return 4;
+    case IPPROTO_ICMPV6:
+        return 5;
+    case IPPROTO_SCTP:
+        return 6 + v6;
+    case IPPROTO_UDPLITE:
+        return 8 + v6;
+    default: /* DCCP */
+        return 10 + v6;
+    }
+}
+
 /* The sketch slot of key's (port, family, protocol) for this tick, cleared if it held an older
  * tick; NULL if the maps say nothing (cannot happen: arrays). */
 static __always_inline struct sketch_slot *sketch_slot_of(const struct source_key *key,
                                                           __u64 now)
 {
-    __u32 port = key->port;
-    struct sketch_ids *ids = sketch_of_port.lookup(&port);
-    if (!ids)
-        return NULL;
-    __u32 class = (key->family == 6 ? 2 : 0) | (key->proto == IPPROTO_UDP ? 1 : 0);
-    __u32 id = ids->id[class & 3];
-    if (id == 0 || id >= NSKETCH)
-        id = class;
+    __u32 v6 = key->family == 6;
+    __u32 id;
+    if (key->proto == IPPROTO_TCP || key->proto == IPPROTO_UDP) {
+        __u32 port = key->port;
+        struct sketch_ids *ids = sketch_of_port.lookup(&port);
+        if (!ids)
+            return NULL;
+        __u32 class = (v6 ? 2 : 0) | (key->proto == IPPROTO_UDP ? 1 : 0);
+        id = ids->id[class & 3];
+        if (id == 0 || id >= NSKETCH)
+            id = class;
+    } else {
+        id = other_sketch(key->proto, v6);
+    }
     __u64 tick = now >> TICK_SHIFT;
     __u32 index = id * RING + (__u32)(tick & (RING - 1));
     struct sketch_slot *slot = sketches.lookup(&index);
@@ -663,14 +707,25 @@ int xdp_ip_counter(struct xdp_md *ctx)
 {
     struct source_key key = {};
     __u32 ip_len = 0;
-
-    int outcome = parse_source_key(ctx, &key, &ip_len);
-    if (outcome != SOURCE_KEY_PARSED)
-        return count(outcome);
     __u32 zero = 0;
     struct port_filter *filter = port_filter.lookup(&zero);
-    if (!filter || !port_in_filter(filter, key.port))
+    if (!filter) /* cannot happen: an array */
         return count(OUTCOME_PORT_FILTERED);
+
+    int outcome = parse_source_key(ctx, &key, &ip_len, filter->protocols);
+    if (outcome != SOURCE_KEY_PARSED)
+        return count(outcome);
+    if (!key_in_filter(filter, &key))
+        return count(OUTCOME_PORT_FILTERED);
+    __u64 lists = filter->source_lists;
+    if (lists) {
+        struct source_prefix source = {.prefixlen = 8 + 128, .family = key.family};
+        __builtin_memcpy(source.addr, key.addr, sizeof(source.addr));
+        if ((lists & EXCLUDE_LIST) && exclude_sources.lookup(&source))
+            return count(OUTCOME_EXCLUDED);
+        if ((lists & INCLUDE_LIST) && !include_sources.lookup(&source))
+            return count(OUTCOME_NOT_INCLUDED);
+    }
 #ifdef PARSE_ONLY
     return count(OUTCOME_RECORDED);
 #else

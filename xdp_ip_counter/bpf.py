@@ -31,8 +31,19 @@ import numpy as np
 from . import bpf_syscall
 from .bpf_syscall import BPFSyscallError
 from .clock import KernelClock, kernel_clock
-from .config import PortFilter
-from .layout import BLOCK_SETS, EVENTS, OUTCOMES, SET_DTYPE, SET_WORDS, SKETCH_SLOT_DTYPE, WAYS
+from .config import MAX_SOURCE_PREFIXES, Network, PortFilter
+from .layout import (
+    BLOCK_SETS,
+    DEFAULT_ICMP_TYPES,
+    DEFAULT_PROTOCOLS,
+    EVENTS,
+    OUTCOMES,
+    SET_DTYPE,
+    SET_WORDS,
+    SKETCH_SLOT_DTYPE,
+    WAYS,
+    protocol_bits,
+)
 from .sketch import SketchPlan
 from .table import (
     admit_per_tick,
@@ -117,7 +128,16 @@ class Link:
 # mapping fresh pages, and taking their faults, for every chunk.
 CHUNK_SETS = BLOCK_SETS
 
-MAPS = ("sources", "fingerprints", "port_filter", "stats", "sketches", "sketch_of_port")
+MAPS = (
+    "sources",
+    "fingerprints",
+    "port_filter",
+    "exclude_sources",
+    "include_sources",
+    "stats",
+    "sketches",
+    "sketch_of_port",
+)
 
 
 @dataclass(frozen=True)
@@ -227,6 +247,53 @@ def possible_cpus() -> int:
     return count
 
 
+ICMPV6 = 58
+# port_filter.source_lists (bpf/source_key.h)
+EXCLUDE_LIST = 1
+INCLUDE_LIST = 2
+
+
+def source_prefix(network: Network) -> bytes:
+    """The source lists' key (struct source_prefix, 24 bytes with its padding) of a prefix: its
+    family, then its address as the sources table's key holds it (an IPv4 /n as the IPv4-mapped
+    /96+n), the length counting the family's byte."""
+    if network.version == 4:
+        length = 8 + 96 + network.prefixlen
+        address = bytes(10) + b"\xff\xff" + network.network_address.packed
+    else:
+        length, address = 8 + network.prefixlen, network.network_address.packed
+    return struct.pack("=IB16s3x", length, network.version, address)
+
+
+@dataclass(frozen=True)
+class _Filter:
+    """What port_filter holds (exclude, include: whether that list is in force)."""
+
+    ports: PortFilter
+    window: int
+    new_source_budget: int
+    protocols: tuple[int, ...]
+    icmp_types: tuple[tuple[int, int], ...]
+    exclude: bool
+    include: bool
+
+    def union(self, other: _Filter) -> _Filter:
+        """What both record, for the moment between them: the union of the ports, protocols
+        and types, the longer window, the exclude list if either has one (its trie then holds
+        both lists' prefixes), the include list only if both have one."""
+        return _Filter(
+            PortFilter.all()
+            if self.ports.all_ports or other.ports.all_ports
+            else PortFilter.of(self.ports.ports | other.ports.ports),
+            max(self.window, other.window),
+            other.new_source_budget,
+            tuple(sorted(set(self.protocols) | set(other.protocols))),
+            tuple(sorted(set(self.icmp_types) | set(other.icmp_types))),
+            exclude=self.exclude or other.exclude,
+            include=self.include and other.include,
+        )
+
+
 class DataPath:
     """The loaded program and its maps: sources (the table of sets) and sketches, both read
     through mmap; port_filter (the configuration), sketch_of_port (mmap), stats (per CPU).
@@ -254,6 +321,7 @@ class DataPath:
             f"-DNSKETCH={self.plan.sketches}",
             f"-DCLOCK_JIFFY_ZERO={self.clock.jiffy_zero}ULL",
             f"-DCLOCK_TICK_NS={self.clock.tick_ns}ULL",
+            f"-DMAX_SOURCE_PREFIXES={MAX_SOURCE_PREFIXES}",
             "-Wno-unused-function",
         ]
         defines = {
@@ -285,6 +353,11 @@ class DataPath:
         self.links: dict[str, Link] = {}
         self.ports: PortFilter | None = None
         self.window: int | None = None
+        self.filter: _Filter | None = None  # what port_filter holds
+        self.source_lists: dict[str, frozenset[Network]] = {
+            "exclude_sources": frozenset(),
+            "include_sources": frozenset(),
+        }
 
     def table(self, name: str) -> MapDescription:
         """One of the program's maps (MAPS) as the compiler described it."""
@@ -292,18 +365,28 @@ class DataPath:
 
     # -- configuration ---------------------------------------------------------------------
 
-    def _write_filter(
-        self, all_ports: bool, ports: Iterable[int], window: int, new_source_budget: int
-    ) -> None:
-        """struct port_filter: all_ports, window_stamps, admit_per_tick, then the 1024 words of
-        the bitmap."""
-        value = np.zeros(3 + 1024, np.uint64)
-        value[0] = 1 if all_ports else 0
-        value[1] = window_stamps(window)
-        value[2] = admit_per_tick(new_source_budget)
-        for port in ports:
-            value[3 + (port >> 6)] |= np.uint64(1 << (port & 63))
+    def _write_filter(self, written: _Filter) -> None:
+        """struct port_filter (bpf/source_key.h) as words."""
+        value = np.zeros(13 + 1024, np.uint64)
+        value[0] = 1 if written.ports.all_ports else 0
+        value[1] = window_stamps(written.window)
+        value[2] = admit_per_tick(written.new_source_budget)
+        value[3] = protocol_bits(written.protocols)
+        value[4] = (EXCLUDE_LIST if written.exclude else 0) | (
+            INCLUDE_LIST if written.include else 0
+        )
+        for proto, kind in written.icmp_types:
+            value[5 + (4 if proto == ICMPV6 else 0) + (kind >> 6)] |= np.uint64(1 << (kind & 63))
+        for port in written.ports.ports:
+            value[13 + (port >> 6)] |= np.uint64(1 << (port & 63))
         bpf_syscall.map_update(self._maps["port_filter"].fd, _KEY_ZERO, value.tobytes())
+
+    def _write_list(self, name: str, add: Iterable[Network], remove: Iterable[Network]) -> None:
+        fd = self._maps[name].fd
+        for network in add:
+            bpf_syscall.map_update(fd, source_prefix(network), b"\x01")
+        for network in remove:
+            bpf_syscall.map_delete(fd, source_prefix(network))
 
     def configure(
         self,
@@ -312,26 +395,47 @@ class DataPath:
         plan: SketchPlan | None = None,
         *,
         new_source_budget: int = 0,
+        protocols: tuple[int, ...] = DEFAULT_PROTOCOLS,
+        icmp_types: tuple[tuple[int, int], ...] = DEFAULT_ICMP_TYPES,
+        exclude_sources: Iterable[Network] = (),
+        include_sources: Iterable[Network] = (),
     ) -> None:
         """Write the watched ports, the window (the table's lazy expiry), the new-source budget
-        (new sources per second and CPU that enter the table, 0 for no limit) and the ports'
-        sketch ids; safe while attached: a port watched before and after is never filtered out
-        in between (the union is written first, then the new set), and the longer of the two
-        windows holds meanwhile. `plan` must keep the sketches the map was made for."""
+        (new sources per second and CPU that enter the table, 0 for no limit), the protocols
+        and ICMP types recorded, the source lists and the ports' sketch ids; safe while
+        attached: what is recorded before and after is recorded in between (the lists get
+        their new prefixes first, then the filter is written as the union of the old and the
+        new, then as the new, then the lists lose what they no longer hold), and the longer of
+        the two windows holds meanwhile. `plan` must keep the sketches the map was made for."""
         if plan is not None:
             if plan.sketches != self.plan.sketches:
                 raise ValueError("internal error: a sketch plan of another size")
             self.plan = plan
         ids = self._sketch_of_port.words(np.uint16).reshape(65536, 4)
         ids[:] = self.plan.port_ids()
-        if self.ports is not None and (self.ports, self.window) != (ports, window):
-            self._write_filter(
-                self.ports.all_ports or ports.all_ports,
-                self.ports.ports | ports.ports,
-                max(self.window or window, window),
-                new_source_budget,
-            )
-        self._write_filter(ports.all_ports, ports.ports, window, new_source_budget)
+        lists = {
+            "exclude_sources": frozenset(exclude_sources),
+            "include_sources": frozenset(include_sources),
+        }
+        for name, networks in lists.items():
+            self._write_list(name, networks - self.source_lists[name], ())
+        new = _Filter(
+            ports,
+            window,
+            new_source_budget,
+            tuple(protocols),
+            tuple(icmp_types),
+            exclude=bool(lists["exclude_sources"]),
+            include=bool(lists["include_sources"]),
+        )
+        old = self.filter
+        if old is not None and old != new:
+            self._write_filter(old.union(new))
+        self._write_filter(new)
+        for name, networks in lists.items():
+            self._write_list(name, (), self.source_lists[name] - networks)
+        self.source_lists = lists
+        self.filter = new
         self.ports = ports
         self.window = window
 

@@ -29,6 +29,7 @@ _libc.syscall.restype = ctypes.c_long
 
 BPF_MAP_LOOKUP_ELEM = 1
 BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
 BPF_PROG_LOAD = 5
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
@@ -107,6 +108,18 @@ def map_update(map_fd: int, key: bytes, value: bytes, flags: int = BPF_ANY) -> N
     k = ctypes.create_string_buffer(key, len(key))
     v = ctypes.create_string_buffer(value, len(value))
     _bpf(BPF_MAP_UPDATE_ELEM, _elem_attr(map_fd, k, v, flags), "MAP_UPDATE_ELEM")
+
+
+def map_delete(map_fd: int, key: bytes) -> bool:
+    """Delete key; False when it was not there."""
+    k = ctypes.create_string_buffer(key, len(key))
+    try:
+        _bpf(BPF_MAP_DELETE_ELEM, _elem_attr(map_fd, k, None), "MAP_DELETE_ELEM")
+    except BPFSyscallError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
 
 
 def _elem_value(cmd: int, name: str, map_fd: int, key: bytes, value_size: int) -> bytes | None:

@@ -35,7 +35,16 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 # The settings _configure writes into the kernel: a reload that changes one of them rewrites it.
-KERNEL_SETTINGS = ("ports", "window", "fleet_ports", "new_source_budget")
+KERNEL_SETTINGS = (
+    "ports",
+    "window",
+    "fleet_ports",
+    "new_source_budget",
+    "protocols",
+    "icmp_types",
+    "exclude_sources",
+    "include_sources",
+)
 
 
 class WallClock:
@@ -190,8 +199,9 @@ class Daemon:
         return web
 
     def _configure(self, settings: Settings) -> None:
-        """Ports, window, new-source budget and sketch ids into the kernel; ports left without a
-        sketch of their own (no room in the map made at start-up) are named in the log."""
+        """Ports, window, new-source budget, protocols, ICMP types, source lists and sketch ids
+        into the kernel; ports left without a sketch of their own (no room in the map made at
+        start-up) are named in the log."""
         assert self._datapath is not None
         plan = self._datapath.plan.updated(settings.ports.ports, settings.fleet_ports)
         left_out = plan.left_out(settings.ports.ports, settings.fleet_ports)
@@ -209,6 +219,10 @@ class Daemon:
             settings.window,
             plan,
             new_source_budget=settings.new_source_budget,
+            protocols=settings.protocols,
+            icmp_types=settings.icmp_types,
+            exclude_sources=settings.exclude_sources,
+            include_sources=settings.include_sources,
         )
 
     def _attach(self, ifname: str) -> None:

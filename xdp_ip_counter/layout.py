@@ -90,13 +90,15 @@ OUTCOMES = (
     "recorded",  # a known (interface, source, protocol, port) updated in place
     "recorded_new",  # a new entry (in a free slot, or one given up by another key)
     "not_ip",  # EtherType neither IPv4 nor IPv6 (ARP, LLDP, ...)
-    "other_protocol",  # IP, but not TCP/UDP: ICMP, ESP, No Next Header, unknown extension header
-    "port_filtered",  # TCP/UDP to a port that is not watched
+    "other_protocol",  # IP, but not a protocol recorded (see protocols): ESP, No Next Header, ...
+    "port_filtered",  # to a port (an ICMP type) that is not watched
     "fragment",  # a non-first fragment: it carries no ports
     "malformed",  # truncated or invalid at some layer
     "too_deep",  # more VLAN tags or IPv6 extension headers than the parser walks
     "insert_failed",  # a new key that could not be given a slot (two claims lost to races)
     "not_admitted",  # a new key past its CPU's new_source_budget for the tick: sketch only
+    "excluded",  # a source in exclude_sources
+    "not_included",  # a source not in include_sources (when that list is given)
 )
 # Counted after the outcomes in the same per-CPU array (enum event).
 EVENTS = (
@@ -112,6 +114,13 @@ PROTOCOL_NUMBERS = {name: number for number, name in PROTOCOLS.items()}
 ICMP_PROTOCOLS = {1: 4, 58: 6}  # protocol -> the one family it is recorded in
 PORT_PROTOCOLS = (6, 17, 132, 136, 33)
 DEFAULT_PROTOCOLS = (6, 17)  # the original tool's
+DEFAULT_ICMP_TYPES = ((1, 8), (58, 128))  # (protocol, type): echo requests
+
+
+def protocol_bits(protocols: tuple[int, ...]) -> int:
+    """port_filter.protocols: bit i for the i-th protocol of PROTOCOLS (bpf/source_key.h,
+    PROTOCOL_*)."""
+    return sum(1 << i for i, number in enumerate(PROTOCOLS) if number in protocols)
 
 
 def protocol_families(proto: int) -> tuple[int, ...]:

@@ -66,7 +66,7 @@ int xdp_ip_counter(struct xdp_md *ctx)
     struct source_key key = {};
     __u32 ip_len = 0;
 
-    int outcome = parse_source_key(ctx, &key, &ip_len);
+    int outcome = parse_source_key(ctx, &key, &ip_len, PROTOCOL_TCP | PROTOCOL_UDP);
     if (outcome != SOURCE_KEY_PARSED)
         return count(outcome);
     if (!port_watched(key.port))

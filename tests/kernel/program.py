@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -333,9 +333,11 @@ class ProgramUnderTest:
     def key_v6(self, address: str, port: int, proto: int = TCP, ifindex: int = 0) -> SourceKey:
         return v6_key(address, port, proto, ifindex or self.default_ifindex)
 
-    def watch(self, ports: PortFilter, window: int = WINDOW) -> None:
-        """Configure the watched ports (and the window of the table's lazy expiry)."""
-        self.datapath.configure(ports, window)
+    def watch(self, ports: PortFilter, window: int = WINDOW, **recorded: Any) -> None:
+        """Configure the watched ports (and the window of the table's lazy expiry), and what
+        else DataPath.configure takes (protocols, icmp_types, exclude_sources, ...; their
+        defaults otherwise)."""
+        self.datapath.configure(ports, window, **recorded)
 
     def clear(self) -> None:
         self.datapath.clear()

@@ -3,8 +3,9 @@ mutations (flipped bits, truncation, wrong IPv4/IPv6 lengths, wrong IHL, wrong T
 extension-header loops, absurd VLAN stacks).
 
 Every frame must return XDP_PASS; every key the program recorded must be well-formed (family 4
-or 6, an IPv4 key stored as ::ffff:a.b.c.d, protocol TCP or UDP, a port the filter watches, the
-ingress ifindex the frame came in on); the stats must add up to the frames sent. On top of
+or 6, an IPv4 key stored as ::ffff:a.b.c.d, a protocol chosen, a port the filter watches or an
+ICMP type listed, a source the lists let through, the ingress ifindex the frame came in on); the
+stats must add up to the frames sent. On top of
 those invariants each chunk of frames is compared with a reference parser written from
 bpf/parsing.h (outcome counts and the exact map contents), and a mismatch is narrowed down to the
 first frame that differs, printed in hex.
@@ -43,8 +44,8 @@ from tests.support import frames as f
 from tests.support.netns import CLONE_NEWNET, Namespace, namespace_with_veths
 from xdp_ip_counter import bpf_syscall
 from xdp_ip_counter.bpf import DataPath
-from xdp_ip_counter.config import PortFilter
-from xdp_ip_counter.layout import OUTCOMES
+from xdp_ip_counter.config import PortFilter, parse_sources
+from xdp_ip_counter.layout import OUTCOMES, PROTOCOLS
 
 from .program import TCP, UDP, WINDOW, XDP_PASS
 
@@ -64,6 +65,17 @@ MAX_FRAME = 1600  # well inside one page: the frame stays linear (no XDP frags)
 WATCHED_PORTS = frozenset({22, 53, 443, *range(8000, 8101)})
 NEAR_MISSES = (0, 21, 23, 52, 54, 442, 444, 7999, 8101, 65535)
 V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+ICMP, ICMPV6 = f.IPPROTO_ICMP, f.IPPROTO_ICMPV6
+SCTP, UDPLITE, DCCP = f.IPPROTO_SCTP, f.IPPROTO_UDPLITE, f.IPPROTO_DCCP
+# Every protocol but UDP-Lite (generated too: a protocol not chosen is other_protocol unread).
+FUZZ_PROTOCOLS = tuple(p for p in PROTOCOLS if p != UDPLITE)
+FUZZ_ICMP_TYPES = ((ICMP, 3), (ICMP, 8), (ICMPV6, 1), (ICMPV6, 128))
+ICMP_TYPES_GENERATED = (0, 1, 3, 8, 11, 128, 129)
+# Random sources fall in and out of these: a quarter of each family is not included;
+# 64.0.0.0/3 and 4000::/3 are excluded inside inclusions, 40.0.0.0/5 is included inside the
+# excluded 32.0.0.0/4 (excluded: exclusion wins), e000::/4 is excluded and not included.
+FUZZ_INCLUDE = parse_sources("0.0.0.0/1,128.0.0.0/2,40.0.0.0/5,::/1,c000::/2", "fuzz")
+FUZZ_EXCLUDE = parse_sources("64.0.0.0/3,32.0.0.0/4,4000::/3,e000::/4", "fuzz")
 
 VLAN_TYPES = (f.ETH_P_8021Q, f.ETH_P_8021AD)
 # Extension headers the program walks (bpf/parsing.h), by how their length is encoded.
@@ -92,7 +104,7 @@ class Layout:
 
     family: int  # 4 or 6
     l3: int  # offset of the IP header
-    l4: int  # offset of the TCP/UDP header (after options or extension headers)
+    l4: int  # offset of the L4 header (after options or extension headers)
     proto: int  # the L4 protocol the frame was built with
 
 
@@ -193,6 +205,18 @@ class FrameFactory:
             return f.tcp(self._port(), data_offset=offset, payload=payload)
         if proto == UDP:
             return f.udp(self._port(), payload=payload)
+        if proto == UDPLITE:
+            return f.udplite(self._port(), payload=payload)
+        if proto == SCTP:
+            return f.sctp(self._port(), chunk=f.sctp_init() + payload)
+        if proto == DCCP:
+            extended = r.random() < 0.7
+            fixed = (16 if extended else 12) + 4
+            offset = fixed // 4 if r.random() < 0.7 else r.randint(fixed // 4, 20)
+            return f.dccp(self._port(), extended=extended, data_offset=offset, payload=payload)
+        if proto in (ICMP, ICMPV6):
+            kind = r.choice(ICMP_TYPES_GENERATED) if r.random() < 0.8 else r.getrandbits(8)
+            return f.icmp(kind, body=r.randbytes(4) + payload)
         return r.randbytes(r.randint(0, 40))
 
     def _v6_source(self) -> str:
@@ -218,9 +242,12 @@ class FrameFactory:
         return f.ipv6_options_header(next_header, r.randint(0, 3))
 
     def _build(self, vlans: tuple[tuple[int, int], ...]) -> tuple[bytes, Layout]:
-        """A valid v4/v6 TCP/UDP (sometimes ICMP or another protocol) frame and its layout."""
+        """A valid v4/v6 frame of TCP, UDP, the other protocols the program parses (ICMP in
+        both versions of IP, as ICMPv6) or another protocol, and its layout."""
         r = self.rng
-        proto = r.choices((TCP, UDP, f.IPPROTO_ICMP, f.IPPROTO_ESP, 132), (45, 45, 4, 3, 3))[0]
+        proto = r.choices(
+            (TCP, UDP, ICMP, ICMPV6, SCTP, UDPLITE, DCCP, f.IPPROTO_ESP), (30, 30, 7, 7, 8, 5, 8, 5)
+        )[0]
         l3 = f.ETH_HLEN + 4 * len(vlans)
         if r.random() < 0.5:
             ihl = 5 if r.random() < 0.7 else r.randint(6, 15)
@@ -262,7 +289,7 @@ class FrameFactory:
                 "extend",
                 "ip_length",
                 "ihl_or_version",
-                "tcp_offset",
+                "l4_offset",
                 "ethertype",
                 "next_header",
             )
@@ -291,9 +318,14 @@ class FrameFactory:
                     data[l3] = (data[l3] & 0xF0) | r.getrandbits(4)
                 else:
                     data[l3] = (r.getrandbits(4) << 4) | (data[l3] & 0x0F)
-        elif mutation == "tcp_offset":
+        elif mutation == "l4_offset":  # TCP's data offset; DCCP's, and its X bit
             if layout.proto == TCP and layout.l4 + 12 < size:
                 data[layout.l4 + 12] = (r.getrandbits(4) << 4) | (data[layout.l4 + 12] & 0x0F)
+            elif layout.proto == DCCP and layout.l4 + 8 < size:
+                if r.random() < 0.5:
+                    data[layout.l4 + 4] = r.choice((0, 1, 2, 3, 4, 5, r.getrandbits(8)))
+                else:
+                    data[layout.l4 + 8] ^= 1
         elif mutation == "ethertype":
             if l3 <= size:
                 ethertype = r.choice((f.ETH_P_IP, f.ETH_P_IPV6, *VLAN_TYPES, r.getrandbits(16)))
@@ -301,7 +333,9 @@ class FrameFactory:
         elif mutation == "next_header":
             offset = l3 + (9 if layout.family == 4 else 6)
             if offset < size:
-                data[offset] = r.choice((*EXT_WALKED, TCP, UDP, 59, 58, r.getrandbits(8)))
+                data[offset] = r.choice(
+                    (*EXT_WALKED, TCP, UDP, 59, ICMP, ICMPV6, SCTP, DCCP, r.getrandbits(8))
+                )
 
 
 def chunk_frames(seed: int, chunk: int, count: int) -> list[tuple[str, bytes]]:
@@ -379,24 +413,47 @@ def expected_outcome(
     else:
         return "not_ip", None, 0
 
+    if proto not in FUZZ_PROTOCOLS or (proto, family) in ((ICMP, 6), (ICMPV6, 4)):
+        return "other_protocol", None, 0
     if proto == TCP:
         if pos + 20 > end:
             return "malformed", None, 0
         header = (data[pos + 12] >> 4) * 4
         if header < 20 or pos + header > end:
             return "malformed", None, 0
-    elif proto == UDP:
-        header = 8
-        if pos + header > end:
+    elif proto == DCCP:
+        if pos + 12 > end:
+            return "malformed", None, 0
+        header = data[pos + 4] * 4
+        if header < (16 if data[pos + 8] & 1 else 12) or pos + header > end:
             return "malformed", None, 0
     else:
-        return "other_protocol", None, 0
-    port = struct.unpack_from("!H", data, pos + 2)[0]
+        header = {UDP: 8, UDPLITE: 8, SCTP: 12, ICMP: 8, ICMPV6: 8}[proto]
+        if pos + header > end:
+            return "malformed", None, 0
+    # the ICMP type, or the destination port
+    port = data[pos] if proto in (ICMP, ICMPV6) else struct.unpack_from("!H", data, pos + 2)[0]
     if pos + header - l3 > ip_len:
         return "malformed", None, 0
-    if port not in watched:
+    if proto in (ICMP, ICMPV6):
+        if (proto, port) not in FUZZ_ICMP_TYPES:
+            return "port_filtered", None, 0
+    elif port not in watched:
         return "port_filtered", None, 0
+    if in_list(addr, family, FUZZ_EXCLUDE):
+        return "excluded", None, 0
+    if not in_list(addr, family, FUZZ_INCLUDE):
+        return "not_included", None, 0
     return "recorded", (addr, ifindex, port, proto, family), ip_len
+
+
+def in_list(
+    addr: bytes, family: int, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
+    """Whether a key's address (IPv4-mapped for IPv4) of family is in one of the prefixes of
+    that family (an IPv6 frame from ::ffff:a.b.c.d is family 6: no IPv4 prefix matches it)."""
+    address = ipaddress.IPv4Address(addr[12:]) if family == 4 else ipaddress.IPv6Address(addr)
+    return any(address in network for network in networks if network.version == family)
 
 
 @dataclass
@@ -483,7 +540,14 @@ def fuzz_target() -> Iterator[FuzzTarget]:
     """Used by root-marked tests only: the root gate in tests/conftest.py runs first."""
     datapath = DataPath(CAPACITY)
     try:
-        datapath.configure(PortFilter.of(WATCHED_PORTS), WINDOW)
+        datapath.configure(
+            PortFilter.of(WATCHED_PORTS),
+            WINDOW,
+            protocols=FUZZ_PROTOCOLS,
+            icmp_types=FUZZ_ICMP_TYPES,
+            exclude_sources=FUZZ_EXCLUDE,
+            include_sources=FUZZ_INCLUDE,
+        )
         with namespace_with_veths(f"{os.getpid() % 100000}z", pairs=1) as namespace:
             target = FuzzTarget(datapath, namespace, namespace.veths[0])
             try:
@@ -503,10 +567,15 @@ def _key_problems(key: Key, value: tuple[int, int, int, int], ifindex: int) -> l
         problems.append(f"family {family}")
     if family == 4 and addr[:12] != V4_MAPPED_PREFIX:
         problems.append("family 4 but the address is not ::ffff:a.b.c.d")
-    if proto not in (TCP, UDP):
+    if proto not in FUZZ_PROTOCOLS:
         problems.append(f"protocol {proto}")
-    if port not in WATCHED_PORTS:
+    if proto in (ICMP, ICMPV6):
+        if (proto, port) not in FUZZ_ICMP_TYPES:
+            problems.append(f"ICMP type {port} of protocol {proto} is not listed")
+    elif port not in WATCHED_PORTS:
         problems.append(f"port {port} is not watched")
+    if in_list(addr, family, FUZZ_EXCLUDE) or not in_list(addr, family, FUZZ_INCLUDE):
+        problems.append("a source the lists keep out")
     if key_ifindex != ifindex:
         problems.append(f"ifindex {key_ifindex}, frames came in on {ifindex}")
     if value[0] > value[1]:
@@ -653,8 +722,20 @@ def test_reference_parser_agrees_with_the_hand_built_frames() -> None:
         ),
         (
             f.v6_l4("fd00:40::2", f.IPPROTO_ICMPV6, f.icmpv6_echo(), 8).data,
-            ("other_protocol", None, 0),
+            ("recorded", (f.ipv6_bytes("fd00:40::2"), lo, 128, ICMPV6, 6), 40 + 12),
         ),
+        (f.v6_proto("fd00:40::2", "icmpv6", 129).data, ("port_filtered", None, 0)),
+        (f.v6_proto("fd00:40::2", "icmp", 8).data, ("other_protocol", None, 0)),
+        (f.v4_proto("10.40.0.2", "udplite", 53).data, ("other_protocol", None, 0)),
+        (
+            f.v4_proto("10.40.0.2", "sctp", 22).data,
+            ("recorded", (f.ipv4_mapped("10.40.0.2"), lo, 22, SCTP, 4), 20 + 12 + 20),
+        ),
+        (f.v4_proto("10.40.0.2", "dccp", 22).data[: 14 + 20 + 19], ("malformed", None, 0)),
+        (f.v4_tcp("64.0.0.1", 22).data, ("excluded", None, 0)),
+        (f.v4_tcp("192.0.2.1", 22).data, ("not_included", None, 0)),
+        (f.v6_tcp("4000::1", 22).data, ("excluded", None, 0)),
+        (f.v6_tcp("8000::1", 22).data, ("not_included", None, 0)),
     ]
     for data, want in cases:
         assert expected_outcome(data, watched, lo) == want, data.hex()

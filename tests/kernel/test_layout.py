@@ -17,6 +17,7 @@ import pytest
 
 from xdp_ip_counter import layout
 from xdp_ip_counter.bpf import DataPath
+from xdp_ip_counter.config import MAX_SOURCE_PREFIXES
 from xdp_ip_counter.layout import (
     EVENTS,
     KEY_DTYPE,
@@ -73,15 +74,28 @@ def test_the_slot_and_the_set_in_words() -> None:
 
 def test_port_filter_and_sketch_ids_as_the_data_path_writes_them(datapath: DataPath) -> None:
     """DataPath writes struct port_filter as words (all_ports, window_stamps, admit_per_tick,
-    1024 bitmap words)
-    and reads sketch_of_port as four uint16 ids per port."""
+    protocols, source_lists, 8 ICMP type words, 1024 port bitmap words), the source lists'
+    keys as 24 bytes (prefix length, family, address, padding), and reads sketch_of_port as
+    four uint16 ids per port."""
     port_filter = datapath.table("port_filter")
     assert list(port_filter.value_fields) == [
         ("all_ports", 0, 8),
         ("window_stamps", 8, 8),
         ("admit_per_tick", 16, 8),
-        ("bits", 24, 8 * 1024),
+        ("protocols", 24, 8),
+        ("source_lists", 32, 8),
+        ("icmp_types", 40, 8 * 8),
+        ("bits", 104, 8 * 1024),
     ]
+    for name in ("exclude_sources", "include_sources"):
+        trie = datapath.table(name)
+        assert trie.key_size == 24 and trie.max_entries == MAX_SOURCE_PREFIXES, name
+        assert list(trie.key_fields) == [
+            ("prefixlen", 0, 4),
+            ("family", 4, 1),
+            ("addr", 5, 16),
+            ("__pad_end", 21, 3),
+        ]
     ids = datapath.table("sketch_of_port")
     assert list(ids.value_fields) == [("id", 0, 8)]
     assert ids.max_entries == 65536

@@ -26,6 +26,9 @@ IPPROTO_HOPOPTS = 0
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
+IPPROTO_DCCP = 33
+IPPROTO_SCTP = 132
+IPPROTO_UDPLITE = 136
 IPPROTO_ROUTING = 43
 IPPROTO_FRAGMENT = 44
 IPPROTO_ESP = 50
@@ -206,6 +209,50 @@ def udp(dport: int, *, sport: int = SOURCE_PORT, payload: bytes = b"") -> bytes:
     return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
 
 
+def sctp(dport: int, *, sport: int = SOURCE_PORT, chunk: bytes = b"") -> bytes:
+    """The 12-byte SCTP common header (ports, verification tag, checksum), then chunk."""
+    return struct.pack("!HHII", sport, dport, 0x1234ABCD, 0) + chunk
+
+
+def sctp_init() -> bytes:
+    """An INIT chunk (type 1), as the first packet of an association."""
+    return struct.pack("!BBHIIHHI", 1, 0, 20, 0x11111111, 65535, 10, 10, 1)
+
+
+def udplite(dport: int, *, sport: int = SOURCE_PORT, payload: bytes = b"") -> bytes:
+    """UDP-Lite: the UDP header with a checksum coverage (8: the header) for the length."""
+    return struct.pack("!HHHH", sport, dport, 8, 0) + payload
+
+
+def dccp(
+    dport: int,
+    *,
+    sport: int = SOURCE_PORT,
+    extended: bool = True,
+    data_offset: int | None = None,
+    payload: bytes = b"",
+) -> bytes:
+    """A DCCP-Request: the generic header (16 bytes with extended sequence numbers, 12 without),
+    the service code, and options (zero padding) up to data_offset * 4 bytes (default: no
+    options beyond the service code)."""
+    generic = 16 if extended else 12
+    fixed = generic + 4  # + the Request's service code
+    if data_offset is None:
+        data_offset = fixed // 4
+    x = 1 if extended else 0
+    kind = 0  # DCCP-Request
+    head = struct.pack("!HHBBHB", sport, dport, data_offset, 0, 0, (kind << 1) | x)
+    head += bytes(7) if extended else bytes(3)  # the sequence number (48 or 24 bits, reserved)
+    head += struct.pack("!I", 42)  # service code
+    return head + bytes(max(data_offset * 4 - fixed, 0)) + payload
+
+
+def icmp(kind: int, code: int = 0, body: bytes = b"\0\x01\0\x01ping") -> bytes:
+    """An ICMP or ICMPv6 message: type, code, checksum (0), then body (the 4 bytes every
+    message has first, then the rest)."""
+    return struct.pack("!BBH", kind, code, 0) + body
+
+
 def icmp_echo() -> bytes:
     return struct.pack("!BBHHH", 8, 0, 0, 1, 1) + b"ping"
 
@@ -263,6 +310,23 @@ def v4_udp(
     return Frame(ethernet(ETH_P_IP, packet, vlans), l3 + ihl * 4 + 8, len(packet))
 
 
+def v4_l4(
+    src: str,
+    protocol: int,
+    l4: bytes,
+    l4_header_len: int,
+    *,
+    vlans: tuple[tuple[int, int], ...] = (),
+    ihl: int = 5,
+    flags_fragment: int = 0,
+    dst: str = "10.255.0.1",
+) -> Frame:
+    """IPv4 carrying l4 (an upper-layer header of l4_header_len bytes, then its payload)."""
+    packet = ipv4(src, dst, protocol, l4, ihl=ihl, flags_fragment=flags_fragment)
+    l3 = ETH_HLEN + 4 * len(vlans)
+    return Frame(ethernet(ETH_P_IP, packet, vlans), l3 + ihl * 4 + l4_header_len, len(packet))
+
+
 def v6_l4(
     src: str,
     protocol: int,
@@ -318,6 +382,46 @@ def v6_udp(
     return v6_l4(
         src, IPPROTO_UDP, udp(dport, payload=payload), 8, extensions=extensions, vlans=vlans
     )
+
+
+# Per protocol name: (IP protocol, an upper-layer message to port or ICMP type n, the length of
+# its header as the program checks it).
+L4 = {
+    "tcp": lambda n: (IPPROTO_TCP, tcp(n), 20),
+    "udp": lambda n: (IPPROTO_UDP, udp(n, payload=b"query"), 8),
+    "icmp": lambda n: (IPPROTO_ICMP, icmp(n), 8),
+    "icmpv6": lambda n: (IPPROTO_ICMPV6, icmp(n), 8),
+    "sctp": lambda n: (IPPROTO_SCTP, sctp(n, chunk=sctp_init()), 12),
+    "udplite": lambda n: (IPPROTO_UDPLITE, udplite(n, payload=b"lite"), 8),
+    "dccp": lambda n: (IPPROTO_DCCP, dccp(n), 20),
+}
+
+
+def v4_proto(
+    src: str,
+    name: str,
+    port: int,
+    *,
+    vlans: tuple[tuple[int, int], ...] = (),
+    ihl: int = 5,
+    flags_fragment: int = 0,
+) -> Frame:
+    """IPv4 carrying protocol `name`'s message to port (the ICMP type for icmp/icmpv6)."""
+    protocol, l4, header = L4[name](port)
+    return v4_l4(src, protocol, l4, header, vlans=vlans, ihl=ihl, flags_fragment=flags_fragment)
+
+
+def v6_proto(
+    src: str,
+    name: str,
+    port: int,
+    *,
+    extensions: tuple[tuple[int, bytes], ...] = (),
+    vlans: tuple[tuple[int, int], ...] = (),
+) -> Frame:
+    """IPv6 carrying protocol `name`'s message to port (the ICMP type for icmp/icmpv6)."""
+    protocol, l4, header = L4[name](port)
+    return v6_l4(src, protocol, l4, header, extensions=extensions, vlans=vlans)
 
 
 def hop_by_hop(length_units: int = 0) -> tuple[int, bytes]:

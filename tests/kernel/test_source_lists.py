@@ -1,0 +1,154 @@
+"""The source lists (exclude_sources, include_sources): longest-prefix-match tries in the kernel.
+An excluded source is never recorded (outcome excluded), whatever the include list says; with an
+include list only its sources are (outcome not_included for the others); both are rewritten
+in place by DataPath.configure, as a reload does."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from tests.support import frames as f
+from xdp_ip_counter.config import PortFilter, parse_sources
+
+from .program import ProgramUnderTest, SourceKey
+
+pytestmark = pytest.mark.root
+
+
+def nets(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return parse_sources(text, "test")
+
+
+def outcome_of(program: ProgramUnderTest, source: str) -> str:
+    """Send one TCP frame to port 22 from source; the one outcome it counted."""
+    frame = f.v4_tcp(source, 22) if ":" not in source else f.v6_tcp(source, 22)
+    delta = program.run(frame).stats_delta
+    (outcome,) = [name for name, count in delta.items() if count]
+    assert delta[outcome] == 1
+    return outcome
+
+
+def key(program: ProgramUnderTest, source: str) -> SourceKey:
+    return program.key_v6(source, 22) if ":" in source else program.key_v4(source, 22)
+
+
+def recorded(program: ProgramUnderTest) -> set[str]:
+    return {
+        str(ipaddress.ip_address(k.addr).ipv4_mapped or ipaddress.ip_address(k.addr))
+        for k in program.sources()
+    }
+
+
+def test_exclude_list(program: ProgramUnderTest) -> None:
+    program.watch(PortFilter.all(), exclude_sources=nets("10.0.0.0/8,192.0.2.7,2001:db8::/32"))
+    assert outcome_of(program, "10.1.2.3") == "excluded"
+    assert outcome_of(program, "10.255.255.255") == "excluded"
+    assert outcome_of(program, "192.0.2.7") == "excluded"
+    assert outcome_of(program, "2001:db8:ffff::1") == "excluded"
+    assert outcome_of(program, "11.0.0.1") == "recorded_new"
+    assert outcome_of(program, "192.0.2.8") == "recorded_new"
+    assert outcome_of(program, "9.255.255.255") == "recorded_new"
+    assert outcome_of(program, "2001:db9::1") == "recorded_new"
+    assert recorded(program) == {"11.0.0.1", "192.0.2.8", "9.255.255.255", "2001:db9::1"}
+
+
+def test_include_list(program: ProgramUnderTest) -> None:
+    program.watch(PortFilter.all(), include_sources=nets("10.0.0.0/8,2001:db8::/32"))
+    assert outcome_of(program, "10.1.2.3") == "recorded_new"
+    assert outcome_of(program, "11.0.0.1") == "not_included"
+    assert outcome_of(program, "2001:db8::5") == "recorded_new"
+    assert outcome_of(program, "2001:db9::5") == "not_included"
+    assert recorded(program) == {"10.1.2.3", "2001:db8::5"}
+
+
+def test_a_prefix_never_matches_a_source_of_the_other_family(program: ProgramUnderTest) -> None:
+    """0.0.0.0/0 is every IPv4 source and no IPv6 one, not even an IPv6 packet from an
+    IPv4-mapped address (stored as an IPv4 source is, with family 6); ::/0 is every IPv6
+    source and no IPv4 one."""
+    program.watch(PortFilter.all(), exclude_sources=nets("0.0.0.0/0"))
+    assert outcome_of(program, "203.0.113.9") == "excluded"
+    assert outcome_of(program, "fd00:70::1") == "recorded_new"
+    assert outcome_of(program, "::203.0.113.9") == "recorded_new"  # IPv4-compatible: IPv6
+    assert outcome_of(program, "::ffff:203.0.113.9") == "recorded_new"  # IPv4-mapped: IPv6
+    program.watch(PortFilter.all(), exclude_sources=nets("::/0"))
+    assert outcome_of(program, "fd00:70::2") == "excluded"
+    assert outcome_of(program, "::ffff:203.0.113.10") == "excluded"
+    assert outcome_of(program, "203.0.113.10") == "recorded_new"
+
+
+def test_exclude_wins_over_include_both_ways_of_overlapping(program: ProgramUnderTest) -> None:
+    """An exclusion inside an inclusion, and an inclusion inside an exclusion: excluded both."""
+    program.watch(
+        PortFilter.all(),
+        include_sources=nets("10.0.0.0/8,172.16.5.0/24,2001:db8::/32"),
+        exclude_sources=nets("10.1.0.0/16,172.16.0.0/12,2001:db8:1::/48"),
+    )
+    assert outcome_of(program, "10.1.2.3") == "excluded"  # excluded /16 inside included /8
+    assert outcome_of(program, "10.2.0.1") == "recorded_new"
+    assert outcome_of(program, "172.16.5.9") == "excluded"  # included /24 inside excluded /12
+    assert outcome_of(program, "172.17.0.1") == "excluded"
+    assert outcome_of(program, "192.168.0.1") == "not_included"
+    assert outcome_of(program, "2001:db8:1::9") == "excluded"
+    assert outcome_of(program, "2001:db8:2::9") == "recorded_new"
+    assert recorded(program) == {"10.2.0.1", "2001:db8:2::9"}
+
+
+def test_a_known_source_becomes_excluded_on_reload(program: ProgramUnderTest) -> None:
+    """The lists apply to every frame, not only to new sources: once excluded, a source's entry
+    is no longer counted (and leaves the table with the window)."""
+    assert outcome_of(program, "10.71.0.2") == "recorded_new"
+    assert outcome_of(program, "10.71.0.2") == "recorded"
+    program.watch(PortFilter.all(), exclude_sources=nets("10.71.0.0/24"))
+    assert outcome_of(program, "10.71.0.2") == "excluded"
+    assert program.counts() == {key(program, "10.71.0.2"): (2, 80)}
+
+
+def test_reload_rewrites_the_lists_in_place(program: ProgramUnderTest) -> None:
+    """What a list no longer holds is gone from its trie; what it gained is there; an include
+    list emptied records everyone again."""
+    program.watch(
+        PortFilter.all(),
+        exclude_sources=nets("10.72.1.0/24,10.72.2.0/24"),
+        include_sources=nets("10.72.0.0/16"),
+    )
+    assert outcome_of(program, "10.72.1.1") == "excluded"
+    assert outcome_of(program, "10.72.2.1") == "excluded"
+    assert outcome_of(program, "10.72.3.1") == "recorded_new"
+    assert outcome_of(program, "10.73.0.1") == "not_included"
+
+    program.watch(
+        PortFilter.all(),
+        exclude_sources=nets("10.72.2.0/24,10.72.3.0/24"),
+        include_sources=nets("10.72.0.0/16,10.73.0.0/16"),
+    )
+    assert outcome_of(program, "10.72.1.1") == "recorded_new"  # no longer excluded
+    assert outcome_of(program, "10.72.2.1") == "excluded"
+    assert outcome_of(program, "10.72.3.1") == "excluded"  # newly excluded
+    assert outcome_of(program, "10.73.0.1") == "recorded_new"  # newly included
+    assert outcome_of(program, "10.74.0.1") == "not_included"
+
+    program.watch(PortFilter.all())  # both lists emptied
+    assert outcome_of(program, "10.72.2.1") == "recorded_new"  # excluded until now
+    assert outcome_of(program, "10.72.3.1") == "recorded"  # its entry from before
+    assert outcome_of(program, "10.74.0.1") == "recorded_new"
+    assert program.datapath.source_lists == {
+        "exclude_sources": frozenset(),
+        "include_sources": frozenset(),
+    }
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_every_prefix_length(program: ProgramUnderTest, family: int) -> None:
+    """A prefix of each length excludes the addresses inside it and none outside: the address
+    with the prefix's last bit flipped is outside."""
+    bits = 32 if family == 4 else 128
+    base = ipaddress.ip_address("10.75.200.129" if family == 4 else "2001:db8:7500::8001:4000:81")
+    for length in range(1, bits + 1):
+        network = ipaddress.ip_network(f"{base}/{length}", strict=False)
+        program.watch(PortFilter.all(), exclude_sources=(network,))
+        outside = ipaddress.ip_address(int(base) ^ (1 << (bits - length)))
+        assert outcome_of(program, str(base)) == "excluded", network
+        assert outcome_of(program, str(outside)) != "excluded", (network, outside)
+        program.clear()
