@@ -24,6 +24,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -117,13 +118,15 @@ def product(
     defines: Mapping[str, str] | None = None,
     varying: bool = False,
     new_source_budget: int = 0,
+    **recorded: Any,
 ) -> DataPath:
     """The product with a table of at least `capacity` slots, configured as the daemon would
-    for these ports, window and new-source budget (ports listed get sketches of their own)."""
+    for these ports, window and new-source budget (ports listed get sketches of their own),
+    and what else DataPath.configure takes (protocols, source lists, ...)."""
     plan = SketchPlan.initial(ports.ports, ())
     with _wrapped_source_dir() if varying else contextlib.nullcontext():
         datapath = DataPath(capacity, plan, defines=defines)
-    datapath.configure(ports, window, plan, new_source_budget=new_source_budget)
+    datapath.configure(ports, window, plan, new_source_budget=new_source_budget, **recorded)
     return datapath
 
 

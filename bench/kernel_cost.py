@@ -9,8 +9,11 @@ smallest and largest round as its spread. The process is pinned to one CPU while
 - The hot path (one source again and again), by steps: parsing + port filter + outcome counter
   (the product built with -DPARSE_ONLY); the first version (bench/programs/first_version.c: an
   LRU-hash lookup and update per frame, the coarse clock helper); the product calling the
-  coarse clock helper (-DCOARSE_CLOCK); the product. Then other frames, and the hot path with
-  many other entries in the table.
+  coarse clock helper (-DCOARSE_CLOCK); the product; the product recording every protocol with
+  both source lists in force (LISTED: an exclude list of EXCLUDED_PREFIXES prefixes and an
+  include list, so every frame pays two longest-prefix lookups). Then other frames (an ICMP
+  echo request, a source the exclude list has, ...) for the product and LISTED, and the hot
+  path with many other entries in the table.
 - A new source in every frame, two ways. Per frame: one BPF_PROG_TEST_RUN per frame (the
   syscall in between leaves the code cold too). The flood run (issue 12's goal 2): every
   contender wrapped in bench/programs/varying_source.c, which gives each run of one test run
@@ -43,7 +46,7 @@ from tests.support import frames
 from xdp_ip_counter import bpf_syscall
 from xdp_ip_counter.bpf import DataPath
 from xdp_ip_counter.config import PortFilter
-from xdp_ip_counter.layout import ESTABLISHED, OUTCOMES, WAYS
+from xdp_ip_counter.layout import ESTABLISHED, OUTCOMES, PROTOCOLS, WAYS
 from xdp_ip_counter.table import live_mask
 
 from . import contenders, fill
@@ -61,6 +64,9 @@ PROJECT = "project"
 NO_SKETCH = "project without the sketch update"
 BUDGET = 1000  # new sources per second and CPU: 8,590 per tick of 8.6 s
 BUDGETED = f"project, new_source_budget {BUDGET}"
+LISTED = "project, every protocol, source lists"
+EXCLUDED_PREFIXES = 1000  # /24s of 100.64.0.0/10 (the source lists' cost grows with depth)
+EXCLUDED_SOURCE = "100.64.7.9"  # in the exclude list
 # The hot path's steps: the -D switches the product is built with (None: the first version).
 STEPS = {
     PARSE: {"PARSE_ONLY": "1"},
@@ -81,10 +87,24 @@ CASES = {
         (frames.hop_by_hop(), frames.routing(segments=0), frames.destination_options()),
     ),
     "QinQ IPv4": frames.small_qinq_v4("10.1.0.4", 53),
+    "ICMP echo request": frames.pad_to(frames.v4_proto("10.1.0.5", "icmp", 8).data, 60),
+    "excluded source": frames.small_v4(EXCLUDED_SOURCE, 53),
 }
 HOT = "hot path IPv4"
 NEW_SOURCE = "new source every frame"  # one test run per frame
 FLOOD = "flood run"  # a new source in every run of one test run
+
+
+def source_lists() -> dict[str, tuple]:
+    """LISTED's lists: EXCLUDED_PREFIXES /24s of 100.64.0.0/10 and a /48 of IPv6 excluded; the
+    include list every address (two halves of IPv4, all of IPv6), so that it is in force and
+    every source passes it."""
+    excluded = [
+        ipaddress.ip_network(f"100.{64 + n // 256}.{n % 256}.0/24")
+        for n in range(EXCLUDED_PREFIXES - 1)
+    ] + [ipaddress.ip_network("2001:db8:bad::/48")]
+    included = [ipaddress.ip_network(p) for p in ("0.0.0.0/1", "128.0.0.0/1", "::/0")]
+    return {"exclude_sources": tuple(excluded), "include_sources": tuple(included)}
 
 
 @dataclass(frozen=True)
@@ -235,11 +255,23 @@ def run(config: Config, log: Callable[[str], None] = print) -> dict:
                     closing(contenders.product(config.capacity, PORTS, defines=switches))
                 )
         project = steps[PROJECT]
+        listed = stack.enter_context(
+            closing(
+                contenders.product(
+                    config.capacity, PORTS, protocols=tuple(PROTOCOLS), **source_lists()
+                )
+            )
+        )
         result["capacity"] = {FIRST: config.capacity, PROJECT: project.capacity}
         result["slots"] = {PROJECT: project.slots}
         programs = {
             name: Contender(name, first.fd if name == FIRST else steps[name].prog_fd)
             for name in STEPS
+        }
+        programs[LISTED] = Contender(LISTED, listed.prog_fd)
+        result["case_outcomes"] = {
+            name: case_outcomes(datapath)
+            for name, datapath in ((PROJECT, project), (LISTED, listed))
         }
         result["rows"], result["at_scale_entries"] = _measure(
             empty, programs, first, project, config=config, log=log
@@ -276,7 +308,7 @@ def _measure(
     for case, frame in CASES.items():
         if case != HOT:
             log(f"kernel: {case}")
-            add(case, "1", _compare(empty, [programs[PROJECT]], frame, config))
+            add(case, "1", _compare(empty, [programs[PROJECT], programs[LISTED]], frame, config))
 
     log("kernel: new source every frame (one test run each), table with room")
     inserters = [programs[FIRST], programs[PROJECT]]
@@ -417,6 +449,19 @@ def _flood_runs(capacity: int, config: Config, log) -> tuple[list[dict], dict]:
         log(f"kernel: sources lost by load ({capacity})")
         checks["losses"] = losses(tables[PROJECT], capacity, config.loads)
         return rows, checks
+
+
+def case_outcomes(datapath: DataPath) -> dict[str, str]:
+    """What the program makes of each frame of CASES: the one outcome a test run of it counts
+    (checked before the timing: a frame meant to be excluded is)."""
+    found = {}
+    for case, frame in CASES.items():
+        before = datapath.read_stats()
+        run_frames(datapath.prog_fd, frame, 1)
+        delta = {k: v - before[k] for k, v in datapath.read_stats().items() if v != before[k]}
+        (found[case],) = delta
+    datapath.clear()  # the counts check (_project_counts) starts from an empty table
+    return found
 
 
 def _counters(datapath: DataPath) -> dict[str, int]:

@@ -61,6 +61,7 @@ def test_kernel_cost_has_every_case_and_step(require_root: None, results: dict) 
     seen = {(row["case"], row["entries"], row["program"]) for row in rows}
     for case in kernel_cost.CASES:
         assert (case, "1", kernel_cost.PROJECT) in seen, f"no figure for {case}"
+        assert (case, "1", kernel_cost.LISTED) in seen, f"no figure for {case} with the lists"
     for step in kernel_cost.STEPS:
         assert (kernel_cost.HOT, "1", step) in seen, f"no step {step}"
     for fill in kernel_cost.SMOKE.fills:
@@ -123,6 +124,23 @@ def test_flood_run_records_every_new_source(require_root: None, results: dict) -
         for row in checks["losses"]:
             assert row["sources"] == round(row["load"] * int(capacity)) > 0, (capacity, row)
             assert (row["lost"], row["evicted"], row["insert_failed"]) == (0, 0, 0), row
+
+
+def test_each_frame_does_what_its_case_says(require_root: None, results: dict) -> None:
+    """The ICMP echo request is recorded only where ICMP is; the excluded source is excluded
+    only where the lists are; the other frames the same with and without them."""
+    outcomes = results["kernel"]["case_outcomes"]
+    project, listed = outcomes[kernel_cost.PROJECT], outcomes[kernel_cost.LISTED]
+    assert project["ICMP echo request"] == "other_protocol"
+    assert listed["ICMP echo request"] == "recorded_new"
+    assert project["excluded source"] == "recorded_new"
+    assert listed["excluded source"] == "excluded"
+    assert project["port filtered out"] == listed["port filtered out"] == "port_filtered"
+    assert project["not IP (ARP)"] == listed["not IP (ARP)"] == "not_ip"
+    for case in (kernel_cost.HOT, "hot path IPv6", "IPv6, 3 extension headers", "QinQ IPv4"):
+        assert project[case] == listed[case] == "recorded_new", case
+    targets = {t.name: t for t in report.targets(results)}
+    assert f"kernel: {kernel_cost.HOT} ({kernel_cost.LISTED})" in targets
 
 
 def test_the_program_reports_every_frame_it_was_given(require_root: None, results: dict) -> None:

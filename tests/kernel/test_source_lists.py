@@ -152,3 +152,47 @@ def test_every_prefix_length(program: ProgramUnderTest, family: int) -> None:
         assert outcome_of(program, str(base)) == "excluded", network
         assert outcome_of(program, str(outside)) != "excluded", (network, outside)
         program.clear()
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (  # the include list grows, an exclusion moves
+            {"include_sources": "10.80.0.0/16", "exclude_sources": "10.80.9.0/24"},
+            {"include_sources": "10.80.0.0/16,10.81.0.0/16", "exclude_sources": "10.80.8.0/24"},
+        ),
+        ({"include_sources": "10.80.1.0/24"}, {}),  # the include list goes
+        ({}, {"include_sources": "10.80.1.0/24", "exclude_sources": "10.80.2.0/24"}),  # comes
+        (  # the include list is replaced by another that still has the source
+            {"include_sources": "10.80.0.0/16"},
+            {"include_sources": "10.80.1.1,10.99.0.0/16"},
+        ),
+    ],
+    ids=["grow-and-move", "include-goes", "lists-come", "include-replaced"],
+)
+def test_a_source_kept_by_a_reload_is_recorded_at_every_step_of_it(
+    program: ProgramUnderTest, monkeypatch: pytest.MonkeyPatch, before: dict, after: dict
+) -> None:
+    """DataPath.configure rewrites the tries and the filter in several writes; after each of
+    them, a source both configurations record is recorded (never excluded or not included in
+    between), and so is ICMP's echo request, recorded by both."""
+    icmp = (6, 17, 1)
+    program.watch(PortFilter.of({22}), protocols=icmp, **{k: nets(v) for k, v in before.items()})
+    assert outcome_of(program, "10.80.1.1") == "recorded_new"
+    datapath = program.datapath
+    steps: list[tuple[str, str, str]] = []
+
+    def check(step: str) -> None:
+        ping = program.run(f.v4_proto("10.80.1.1", "icmp", 8)).stats_delta
+        steps.append((step, outcome_of(program, "10.80.1.1"), *[k for k, v in ping.items() if v]))
+
+    real_filter, real_list = datapath._write_filter, datapath._write_list
+    monkeypatch.setattr(datapath, "_write_filter", lambda *a: (real_filter(*a), check("filter")))
+    monkeypatch.setattr(datapath, "_write_list", lambda *a: (real_list(*a), check("list")))
+    program.watch(
+        PortFilter.of({22, 80}), protocols=(6, 1), **{k: nets(v) for k, v in after.items()}
+    )
+    assert len(steps) >= 4  # two list writes each way and at least the new filter
+    for step, tcp, ping in steps:
+        assert tcp == "recorded", (step, steps)
+        assert ping in ("recorded", "recorded_new"), (step, steps)
