@@ -25,10 +25,11 @@ struct source_key {
  * all_ports != 0 watches all. window_stamps: the window in units of 2^30 ns, rounded up, for
  * the sources table's lazy expiry (xdp_ip_counter.c). admit_per_tick: new sources a CPU may
  * put in the table per tick of the sketches (the new_source_budget setting), 0 for no limit.
- * protocols: the PROTOCOL_* bits of the protocols recorded. source_lists: EXCLUDE_LIST when the
- * exclude_sources trie has prefixes, INCLUDE_LIST when include_sources is in force. icmp_types:
- * the ICMP types recorded (bit type % 64 of word type / 64), ICMPv6 types from word 4. Written
- * by xdp_ip_counter/bpf.py (DataPath._write_filter). */
+ * protocols: the PROTOCOL_* bits of the protocols recorded. source_lists: 0 when no source
+ * list is in force, else EXCLUDE_LIST when the exclude_sources trie has prefixes, INCLUDE_LIST
+ * when include_sources is in force, and a generation (from bit 8) changed with every rewrite
+ * of the lists. icmp_types: the ICMP types recorded (bit type % 64 of word type / 64), ICMPv6
+ * types from word 4. Written by xdp_ip_counter/bpf.py (DataPath._write_filter). */
 struct port_filter {
     __u64 all_ports;
     __u64 window_stamps;

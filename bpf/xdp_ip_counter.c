@@ -106,10 +106,12 @@ static __always_inline __u64 clock_now(void)
  * - Counts are added atomically: a source sending on several RX queues loses nothing.
  * - BPF_F_MMAPABLE: userspace reads the table through mmap, without syscalls or copies.
  */
+/* lists: the source lists the slot's source was last let through by (port_filter.source_lists
+ * then): while that is the filter's value, its frames are counted without asking the lists. */
 struct slot {
     struct source_value value;
     struct source_key key;
-    __u64 unused;
+    __u64 lists;
 }; /* 64 bytes */
 
 struct set {
@@ -137,8 +139,14 @@ BPF_ARRAY(port_filter, struct port_filter, 1);
 /* The source lists (exclude_sources, include_sources): longest-prefix-match tries of source
  * prefixes: the family, then the address as the key holds it (an IPv4 /n is 4, ::ffff:a.b.c.d
  * of prefix length 8 + 96 + n; an IPv6 /n is 6, the address, 8 + n), so that a prefix of one
- * family never matches a source of the other (::/0 is not every IPv4 source). Looked up only
- * while port_filter.source_lists says a list is in force. */
+ * family never matches a source of the other (::/0 is not every IPv4 source).
+ *
+ * Asked only while port_filter.source_lists says a list is in force, and then not on every
+ * frame (two lookups cost more than the rest of the hot path): a new source is asked before it
+ * is given a slot, and the slot remembers the lists it was let through by (slot.lists = the
+ * filter's source_lists, which holds a generation userspace changes with every rewrite of the
+ * lists); a known source is asked again only when they differ, on its first frame after a
+ * reload that rewrote them. Every frame is still judged by the lists in force. */
 struct source_prefix {
     __u32 prefixlen;
     __u8 family;
@@ -429,7 +437,7 @@ static __always_inline int holds_fingerprint(__u64 word, __u64 fp)
 static __always_inline int claim(struct set *set, __u64 *fingerprints_of_set, __u64 fp,
                                  __u32 w, int free, __u64 rank, struct source_key *key,
                                  __u64 want, __u64 now, __u32 ip_len, __u64 window_stamps,
-                                 struct source_key *victim)
+                                 __u64 lists, struct source_key *victim)
 {
     __u64 stamp = (now >> STAMP_SHIFT) & STAMP_MASK;
     w &= WAYS - 1;
@@ -450,6 +458,7 @@ static __always_inline int claim(struct set *set, __u64 *fingerprints_of_set, __
     s->value.packets = 1;
     s->value.bytes = ip_len;
     s->key = *key;
+    s->lists = lists;
 #if ORDERED_STORES
     /* x86: stores become visible in program order, so a plain store publishes the slot after
      * its contents (the compiler is kept from moving them past it). The slot's line, a cache
@@ -467,6 +476,20 @@ static __always_inline int claim(struct set *set, __u64 *fingerprints_of_set, __
 #define COUNTED 0          /* counted in the key's slot */
 #define COUNTED_NEW_TICK 1 /* counted in the key's slot, its first frame of this tick */
 #define ABSENT 2           /* not in the set */
+#define UNASKED 3          /* in the set, let through by other lists than these */
+
+/* OUTCOME_EXCLUDED or OUTCOME_NOT_INCLUDED when the source lists (port_filter.source_lists,
+ * not 0) keep key's source out; -1 when they let it through. */
+static __always_inline int refused(const struct source_key *key, __u64 lists)
+{
+    struct source_prefix source = {.prefixlen = 8 + 128, .family = key->family};
+    __builtin_memcpy(source.addr, key->addr, sizeof(source.addr));
+    if ((lists & EXCLUDE_LIST) && exclude_sources.lookup(&source))
+        return OUTCOME_EXCLUDED;
+    if ((lists & INCLUDE_LIST) && !include_sources.lookup(&source))
+        return OUTCOME_NOT_INCLUDED;
+    return -1;
+}
 
 /* A primary set with ROOMY free slots or more takes a new key without the alternate's slots
  * being looked at (the emptier of the two otherwise): while a table fills to max_entries 61 %
@@ -483,14 +506,15 @@ struct scans {
 };
 BPF_PERCPU_ARRAY(scan_scratch, struct scans, 1);
 
-/* Count the frame in the key's live slot of the set (tag hash `want`); else, if `look`, note
- * the set's free ways. A slot of the key that has expired is free like any other: the key
+/* Count the frame in the key's live slot of the set (tag hash `want`), unless it was let
+ * through by other source lists than `lists` and they were not `asked` in this frame
+ * (UNASKED); else, if `look`, note the set's free ways. A slot of the key that has expired is free like any other: the key
  * starts a new entry in the lowest free way, maybe another one. The expired copy is not read
  * again unless the window grows back over it before it is reused: then the reader merges the
  * two copies (the key's counts over the longer window). */
 static __always_inline int scan_set(struct set *set, struct source_key *key, __u64 want,
-                                    __u64 now, __u32 ip_len, __u64 window_stamps, int which,
-                                    int look)
+                                    __u64 now, __u32 ip_len, __u64 window_stamps, __u64 lists,
+                                    int asked, int which, int look)
 {
     __u64 stamp = (now >> STAMP_SHIFT) & STAMP_MASK;
 #pragma unroll
@@ -500,6 +524,11 @@ static __always_inline int scan_set(struct set *set, struct source_key *key, __u
             tag_free(word, stamp, window_stamps))
             continue;
         struct slot *s = &set->way[w];
+        if (s->lists != lists) { /* the lists changed since it was let through */
+            if (!asked)
+                return UNASKED;
+            s->lists = lists;
+        }
         __u64 last = s->value.last_seen;
         if (last < now)
             s->value.last_seen = now;
@@ -594,7 +623,7 @@ static __always_inline int sketch_only(const struct source_key *key, __u64 now, 
 }
 
 static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 window_stamps,
-                                  __u64 budget)
+                                  __u64 budget, __u64 lists)
 {
     __u64 now = clock_now();
     __u64 hash = key_hash(key);
@@ -608,12 +637,19 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
         return count(OUTCOME_INSERT_FAILED);
     __u64 fp = fingerprint(hash);
     int admitted = 0; /* this key has had its share of the budget */
+    int asked = 0;    /* the source lists let this key through in this frame */
     if (budget) {
         __u64 *fp_first = fingerprints.lookup(&primary);
         __u64 *fp_second = fingerprints.lookup(&alternate);
         if (fp_first && fp_second && !holds_fingerprint(*fp_first, fp) &&
             !holds_fingerprint(*fp_second, fp)) {
             /* certainly new: past the budget, the table is not touched at all */
+            if (lists) {
+                int kept_out = refused(key, lists);
+                if (kept_out >= 0)
+                    return count(kept_out);
+                asked = 1;
+            }
             if (!admit(budget, now))
                 return sketch_only(key, now, OUTCOME_NOT_ADMITTED);
             admitted = 1;
@@ -631,7 +667,7 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
     /* A claim that loses a race scans once more, and then usually finds the winner's key. */
 #pragma unroll
     for (int attempt = 0; attempt < 2; attempt++) {
-        int found = scan_set(first, key, want, now, ip_len, window_stamps, 0, 1);
+        int found = scan_set(first, key, want, now, ip_len, window_stamps, lists, asked, 0, 1);
         if (found == COUNTED || found == COUNTED_NEW_TICK) {
             outcome = OUTCOME_RECORDED;
             add = found == COUNTED_NEW_TICK;
@@ -645,11 +681,22 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
         /* The alternate's free ways are looked at only when the primary is crowded (below
          * ROOMY free ways): its tags are always scanned for the key. */
         int crowded = room_first < ROOMY;
-        found = scan_set(second, key, want | SECONDARY, now, ip_len, window_stamps, 1, crowded);
+        if (found != UNASKED)
+            found = scan_set(second, key, want | SECONDARY, now, ip_len, window_stamps, lists,
+                             asked, 1, crowded);
         if (found == COUNTED || found == COUNTED_NEW_TICK) {
             outcome = OUTCOME_RECORDED;
             add = found == COUNTED_NEW_TICK;
             break;
+        }
+        /* A new key, or a known one let through by other lists: ask the lists in force. */
+        if (found == UNASKED || (lists && !asked)) {
+            outcome = refused(key, lists);
+            if (outcome >= 0)
+                break;
+            asked = 1;
+            if (found == UNASKED)
+                continue; /* the next scan counts it */
         }
         if (attempt == 0 && !admitted && !admit(budget, now)) {
             outcome = OUTCOME_NOT_ADMITTED;
@@ -682,7 +729,7 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
             break;
         int claimed = claim(set, fingerprints_of_set, fp, w, free_way, rank, key,
                             in_second ? want | SECONDARY : want, now, ip_len, window_stamps,
-                            &victim);
+                            lists, &victim);
         if (claimed >= 0) {
             outcome = OUTCOME_RECORDED_NEW;
             add = 1;
@@ -694,6 +741,8 @@ static __always_inline int record(struct source_key *key, __u32 ip_len, __u64 wi
         outcome = OUTCOME_INSERT_FAILED;
     if (outcome == OUTCOME_INSERT_FAILED || outcome == OUTCOME_NOT_ADMITTED)
         return sketch_only(key, now, outcome);
+    if (outcome == OUTCOME_EXCLUDED || outcome == OUTCOME_NOT_INCLUDED)
+        return count(outcome); /* not recorded at all: not in the sketch either */
     if (add)
         sketch_add(key, now);
     if (lost) { /* a live entry was given up for this key: the victim's port is lossy */
@@ -717,18 +766,10 @@ int xdp_ip_counter(struct xdp_md *ctx)
         return count(outcome);
     if (!key_in_filter(filter, &key))
         return count(OUTCOME_PORT_FILTERED);
-    __u64 lists = filter->source_lists;
-    if (lists) {
-        struct source_prefix source = {.prefixlen = 8 + 128, .family = key.family};
-        __builtin_memcpy(source.addr, key.addr, sizeof(source.addr));
-        if ((lists & EXCLUDE_LIST) && exclude_sources.lookup(&source))
-            return count(OUTCOME_EXCLUDED);
-        if ((lists & INCLUDE_LIST) && !include_sources.lookup(&source))
-            return count(OUTCOME_NOT_INCLUDED);
-    }
 #ifdef PARSE_ONLY
     return count(OUTCOME_RECORDED);
 #else
-    return record(&key, ip_len, filter->window_stamps, filter->admit_per_tick);
+    return record(&key, ip_len, filter->window_stamps, filter->admit_per_tick,
+                  filter->source_lists);
 #endif
 }

@@ -267,7 +267,8 @@ def source_prefix(network: Network) -> bytes:
 
 @dataclass(frozen=True)
 class _Filter:
-    """What port_filter holds (exclude, include: whether that list is in force)."""
+    """What port_filter holds (exclude, include: whether that list is in force; generation:
+    changed with every rewrite of the lists, so that a known source is asked again)."""
 
     ports: PortFilter
     window: int
@@ -276,8 +277,15 @@ class _Filter:
     icmp_types: tuple[tuple[int, int], ...]
     exclude: bool
     include: bool
+    generation: int = 0
 
-    def union(self, other: _Filter) -> _Filter:
+    @property
+    def source_lists(self) -> int:
+        """port_filter.source_lists: the lists in force and the generation, 0 for none."""
+        flags = (EXCLUDE_LIST if self.exclude else 0) | (INCLUDE_LIST if self.include else 0)
+        return flags | (self.generation << 8) if flags else 0
+
+    def union(self, other: _Filter, generation: int) -> _Filter:
         """What both record, for the moment between them: the union of the ports, protocols
         and types, the longer window, the exclude list if either has one (its trie then holds
         both lists' prefixes), the include list only if both have one."""
@@ -291,6 +299,7 @@ class _Filter:
             tuple(sorted(set(self.icmp_types) | set(other.icmp_types))),
             exclude=self.exclude or other.exclude,
             include=self.include and other.include,
+            generation=generation,
         )
 
 
@@ -354,6 +363,7 @@ class DataPath:
         self.ports: PortFilter | None = None
         self.window: int | None = None
         self.filter: _Filter | None = None  # what port_filter holds
+        self._generation = 0  # of the source lists (_Filter.generation)
         self.source_lists: dict[str, frozenset[Network]] = {
             "exclude_sources": frozenset(),
             "include_sources": frozenset(),
@@ -372,9 +382,7 @@ class DataPath:
         value[1] = window_stamps(written.window)
         value[2] = admit_per_tick(written.new_source_budget)
         value[3] = protocol_bits(written.protocols)
-        value[4] = (EXCLUDE_LIST if written.exclude else 0) | (
-            INCLUDE_LIST if written.include else 0
-        )
+        value[4] = written.source_lists
         for proto, kind in written.icmp_types:
             value[5 + (4 if proto == ICMPV6 else 0) + (kind >> 6)] |= np.uint64(1 << (kind & 63))
         for port in written.ports.ports:
@@ -405,8 +413,11 @@ class DataPath:
         and ICMP types recorded, the source lists and the ports' sketch ids; safe while
         attached: what is recorded before and after is recorded in between (the lists get
         their new prefixes first, then the filter is written as the union of the old and the
-        new, then as the new, then the lists lose what they no longer hold), and the longer of
-        the two windows holds meanwhile. `plan` must keep the sketches the map was made for."""
+        new, the lists lose what they no longer hold, then the filter is written as the new),
+        and the longer of the two windows holds meanwhile. A rewrite of the lists changes
+        their generation at each of the two writes: the program asks them again for every
+        known source (once), and a source judged in between is judged again by the new ones.
+        `plan` must keep the sketches the map was made for."""
         if plan is not None:
             if plan.sketches != self.plan.sketches:
                 raise ValueError("internal error: a sketch plan of another size")
@@ -417,6 +428,11 @@ class DataPath:
             "exclude_sources": frozenset(exclude_sources),
             "include_sources": frozenset(include_sources),
         }
+        rewritten = lists != self.source_lists
+        between, generation = self._generation, self._generation
+        if rewritten:
+            between, generation = self._generation + 1, self._generation + 2
+            self._generation = generation
         for name, networks in lists.items():
             self._write_list(name, networks - self.source_lists[name], ())
         new = _Filter(
@@ -427,13 +443,14 @@ class DataPath:
             tuple(icmp_types),
             exclude=bool(lists["exclude_sources"]),
             include=bool(lists["include_sources"]),
+            generation=generation,
         )
         old = self.filter
         if old is not None and old != new:
-            self._write_filter(old.union(new))
-        self._write_filter(new)
+            self._write_filter(old.union(new, between))
         for name, networks in lists.items():
             self._write_list(name, (), self.source_lists[name] - networks)
+        self._write_filter(new)
         self.source_lists = lists
         self.filter = new
         self.ports = ports

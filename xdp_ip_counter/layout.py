@@ -43,9 +43,10 @@ VALUE_DTYPE = np.dtype(
 )
 
 # The sources table (xdp_ip_counter.c, struct set): one array element is one set, WAYS tag
-# words then WAYS slots of 64 bytes (struct slot: the value, the key, 8 unused bytes).
+# words then WAYS slots of 64 bytes (struct slot: the value, the key, and the source lists the
+# source was let through by: port_filter.source_lists then).
 WAYS = 8
-SLOT_DTYPE = np.dtype([("value", VALUE_DTYPE), ("key", KEY_DTYPE), ("unused", "<u8")])
+SLOT_DTYPE = np.dtype([("value", VALUE_DTYPE), ("key", KEY_DTYPE), ("lists", "<u8")])
 SET_WORDS = WAYS + WAYS * SLOT_DTYPE.itemsize // 8  # 72 64-bit words, 576 bytes
 SET_DTYPE = np.dtype([("tag", "<u8", (WAYS,)), ("way", SLOT_DTYPE, (WAYS,))])
 # A tag word: tag hash << 32 | ESTABLISHED | stamp (last seen >> 30); tag hash = the key hash's

@@ -61,11 +61,12 @@ def test_value_dtypes_match_bccs_ctypes(datapath: DataPath, name: str, dtype: np
 
 def test_the_slot_and_the_set_in_words() -> None:
     """What the table's readers rely on beyond the fields: 64-byte slots (the value, then the
-    key, then 8 unused bytes), the tag line first, the set a whole number of 64-bit words."""
+    key, then the source lists it was let through by), the tag line first, the set a whole
+    number of 64-bit words."""
     assert _numpy_fields(SLOT_DTYPE) == [
         ("value", 0, VALUE_DTYPE.itemsize),
         ("key", VALUE_DTYPE.itemsize, KEY_DTYPE.itemsize),
-        ("unused", VALUE_DTYPE.itemsize + KEY_DTYPE.itemsize, 8),
+        ("lists", VALUE_DTYPE.itemsize + KEY_DTYPE.itemsize, 8),
     ]
     assert SLOT_DTYPE.itemsize == 64
     assert SET_DTYPE.fields["way"][0].shape == (WAYS,)

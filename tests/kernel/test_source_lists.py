@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import ipaddress
 
+import numpy as np
 import pytest
 
 from tests.support import frames as f
 from xdp_ip_counter.config import PortFilter, parse_sources
+from xdp_ip_counter.layout import SECONDARY, SET_WORDS, WAYS
 
 from .program import ProgramUnderTest, SourceKey
 
@@ -196,3 +198,31 @@ def test_a_source_kept_by_a_reload_is_recorded_at_every_step_of_it(
     for step, tcp, ping in steps:
         assert tcp == "recorded", (step, steps)
         assert ping in ("recorded", "recorded_new"), (step, steps)
+
+
+def test_known_sources_are_judged_again_after_every_rewrite_of_the_lists(
+    program: ProgramUnderTest,
+) -> None:
+    """A known source is counted without asking the lists until they are rewritten; then its
+    next frame asks them again, in whichever of its two sets it lives: 150 sources in a table
+    of 256 slots (many in their alternate set). A rewrite that keeps them: each still counted
+    in its entry (recorded, not recorded_new); one that drops them from the include list: not
+    included, their entries as they were; a rewrite that lets them in again: counted again."""
+    sources = [f"10.90.{n // 200}.{n % 200 + 1}" for n in range(150)]
+    frames = [f.v4_tcp(source, 22) for source in sources]
+    program.watch(PortFilter.all(), include_sources=nets("10.90.0.0/16"))
+    assert program.send(frames)["recorded_new"] == 150
+    table = program.counts()
+    assert len(table) == 150
+    tags = program.datapath.table_words().reshape(-1, SET_WORDS)[:, :WAYS]
+    assert ((tags & np.uint64(SECONDARY)) != 0).sum() >= 20  # in their alternate set
+    program.watch(PortFilter.all(), include_sources=nets("10.90.0.0/16,10.91.0.0/16"))
+    assert program.send(frames)["recorded"] == 150
+    assert program.counts() == {k: (2, 80) for k in table}
+    program.watch(PortFilter.all(), include_sources=nets("10.91.0.0/16"))
+    delta = program.send(frames, repeat=2)
+    assert delta["not_included"] == 300 and delta["recorded"] == delta["recorded_new"] == 0
+    assert program.counts() == {k: (2, 80) for k in table}
+    program.watch(PortFilter.all())
+    assert program.send(frames)["recorded"] == 150
+    assert program.counts() == {k: (3, 120) for k in table}
