@@ -2,8 +2,9 @@
 
 - Scale (bench/userspace_worker.py, a process of its own): the table filled with many distinct
   entries (a mix of IPv4 and IPv6 sources, TCP and UDP, sixteen ports), then the daemon's own
-  Daemon.refresh() (the table read through mmap, the window's active set, the sketches' window,
-  View), /metrics latency while refreshes run back to back, the time to read /list, a refresh
+  Daemon.refresh() (the table read through mmap, the window's counts with the default settings'
+  prefix counts (v4:24, v6:48) and scanners (scan_ports 10), the sketches' window, View),
+  /metrics latency while refreshes run back to back, the time to read /list, a refresh
   in which every entry has left the window, and the process's peak RSS.
 - Start-up: the real daemon (``python3 -m xdp_ip_counter``) started in a namespace with a veth
   the harness made, timed from exec to READY=1 on a notify socket: interpreter, imports, bcc

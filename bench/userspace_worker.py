@@ -133,7 +133,7 @@ def run(config: dict) -> dict:
         result["rss_mb"]["after_refreshes"] = rss_mb()["now"]
         result["rss_mb"]["peak_refreshing"] = _peak_since_reset()
         del view
-        result["refresh_parts"] = _refresh_parts(datapath, settings.window)
+        result["refresh_parts"] = _refresh_parts(datapath, settings)
         # Not a peak of the daemon's (a second snapshot beside the View's): not in "peak".
         result["rss_mb"]["refresh_parts_peak"] = _peak_since_reset()
 
@@ -182,16 +182,24 @@ def _refreshes(daemon: Daemon, count: int) -> dict:
     return summary(durations)
 
 
-def _refresh_parts(datapath: DataPath, window: int) -> dict:
+def _refresh_parts(datapath: DataPath, settings: Settings) -> dict:
     """The refresh's steps timed one by one (one more refresh's worth), as Daemon.refresh()
-    takes them: the table read through mmap, the window's counts (DeferredActiveSet), the
-    sketches' window (read, union, estimates); then the rows /list asks for (sorted, merged
-    across interfaces), which the daemon makes on the first /list after a refresh."""
+    takes them: the table read through mmap, the window's counts (DeferredActiveSet: sources,
+    prefixes of the settings' lengths, scanners), the sketches' window (read, union,
+    estimates); then the rows /list asks for (sorted, merged across interfaces), which the
+    daemon makes on the first /list after a refresh."""
+    window = settings.window
     started = time.perf_counter()
     keys, values, taken_ns = datapath.read_sources()
     read = time.perf_counter()
     snapshot = Snapshot(keys=keys, values=values, taken_at_ns=taken_ns, taken_at_wall=time.time())
-    active = DeferredActiveSet(snapshot, window, {IFINDEX: "lo"})
+    active = DeferredActiveSet(
+        snapshot,
+        window,
+        {IFINDEX: "lo"},
+        prefix_lengths=settings.prefix_lengths,
+        scan_ports=settings.scan_ports,
+    )
     counted = time.perf_counter()
     union = SketchWindow(datapath.plan.sketches).update(datapath.read_sketches(), taken_ns, window)
     SketchCounts.of(union, datapath.plan, ())

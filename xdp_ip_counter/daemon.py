@@ -263,7 +263,13 @@ class Daemon:
             entries_in_map=len(keys),
             capacity=self._datapath.capacity,
         )
-        active = DeferredActiveSet(snapshot, window, self._ifnames)
+        active = DeferredActiveSet(
+            snapshot,
+            window,
+            self._ifnames,
+            prefix_lengths=self.settings.prefix_lengths,
+            scan_ports=self.settings.scan_ports,
+        )
         union = self._sketch_window.update(slots, taken_ns, window)
         sketches = SketchCounts.of(union, self._datapath.plan, self.settings.fleet_ports)
         self._view = View(

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import InitVar, dataclass, field
 
+import numpy as np
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client import exposition as classic
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -26,7 +27,7 @@ from prometheus_client.openmetrics import exposition as openmetrics
 
 from xdp_ip_counter import __version__
 from xdp_ip_counter.config import Settings
-from xdp_ip_counter.layout import FAMILIES, OUTCOMES, PROTOCOLS
+from xdp_ip_counter.layout import FAMILIES, ICMP_PROTOCOLS, OUTCOMES, protocol_families
 from xdp_ip_counter.sketch import SketchCounts
 from xdp_ip_counter.window import (
     ActiveSet,
@@ -86,7 +87,12 @@ class ViewCollector:
 
 def metric_families(view: View) -> Iterator[Metric]:
     """The metrics of one View, in a fixed order with samples in a fixed order."""
-    yield from _active_users(view)
+    shown = _shown_counts(view)
+    yield from _active_users(view, shown)
+    if view.settings.prefix_lengths:
+        yield _active_prefixes(view, shown)
+    if view.settings.scan_ports:
+        yield _scanning_sources(view)
 
     frames = CounterMetricFamily(
         PREFIX + "frames",
@@ -157,25 +163,55 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(PREFIX + name, documentation, value=value)
 
 
-def _active_users(view: View) -> Iterator[GaugeMetricFamily]:
+def _zero_filled(settings: Settings) -> Iterator[tuple[int, int, int]]:
+    """The (family, proto, port) shown even when nobody came: every listed port of each chosen
+    protocol with ports (none with all ports) and every ICMP type listed for icmp and icmpv6
+    (the port label), in the families the protocol is recorded in."""
+    for proto in settings.protocols:
+        if proto in ICMP_PROTOCOLS:
+            ports: Iterable[int] = [kind for p, kind in settings.icmp_types if p == proto]
+        elif settings.ports.all_ports:
+            continue
+        else:
+            ports = settings.ports.ports
+        for port in ports:
+            for fam in protocol_families(proto):
+                yield fam, proto, port
+
+
+def _shown_counts(view: View) -> dict[tuple[int, int, int], int]:
+    """{(family, proto, port): distinct sources} of every series active_users shows: the
+    zero-filled ones and those with sources in the window (a port or protocol no longer watched
+    after a reload stays while its sources do)."""
+    shown = dict.fromkeys(_zero_filled(view.settings), 0)
+    shown.update(view.active.count_map())
+    return shown
+
+
+def _active_users(
+    view: View, counts: Mapping[tuple[int, int, int], int]
+) -> Iterator[GaugeMetricFamily]:
     """active_users{ip, proto, port} and active_users_exact (same labels), samples ordered by
     (port, proto, ip) numerically; active_users_other_ports{ip, proto};
     active_users_hll_register{ip, proto, port, register} of the fleet ports.
 
-    With listed ports every listed port appears for every family and protocol (0 when nobody
-    came); with all ports only the ports that were hit appear. A port no longer watched after a
-    reload keeps appearing while sources seen on it before are in the window: a reload never
-    hides what was seen.
+    ``counts`` are _shown_counts: with listed ports every listed port appears for every family
+    and chosen protocol (0 when nobody came); with all ports only the ports that were hit
+    appear; for icmp and icmpv6 the port is the ICMP type, and every listed type appears. A
+    port no longer watched after a reload keeps appearing while sources seen on it before are
+    in the window: a reload never hides what was seen.
 
     The count is the exact table's while it held every source of the port in the window;
     after the table gave one up, the port's sketch estimate (never below the table's count),
-    and active_users_exact says 0. A port without a sketch of its own then shows the table's
-    count, a lower bound (active_users_other_ports has the estimate over all such ports).
+    and active_users_exact says 0. A port without a sketch of its own (every port of the
+    protocols other than TCP and UDP) then shows the table's count, a lower bound
+    (active_users_other_ports has the estimate over all such ports of its family and protocol).
     """
     users = GaugeMetricFamily(
         "active_users",
         "Distinct source addresses seen within the window, by address family (ip), "
-        "protocol and destination port, across all interfaces",
+        "protocol and destination port (for icmp and icmpv6: the ICMP type), across all "
+        "interfaces",
         labels=["ip", "proto", "port"],
     )
     exact = GaugeMetricFamily(
@@ -184,15 +220,6 @@ def _active_users(view: View) -> Iterator[GaugeMetricFamily]:
         "estimate or a lower bound (0)",
         labels=["ip", "proto", "port"],
     )
-    counts = view.active.count_map()
-    ports = view.settings.ports
-    if not ports.all_ports:
-        shown = dict.fromkeys(
-            ((fam, proto, port) for port in ports.ports for proto in PROTOCOLS for fam in FAMILIES),
-            0,
-        )
-        shown.update(counts)
-        counts = shown
     sketches = view.sketches
     for (fam, proto, port), sources in sorted(counts.items(), key=_port_proto_family):
         labels = [family_name(fam), protocol_name(proto), str(port)]
@@ -213,11 +240,15 @@ def _active_users(view: View) -> Iterator[GaugeMetricFamily]:
     other = GaugeMetricFamily(
         "active_users_other_ports",
         "The sketch's estimate of distinct source addresses within the window over all watched "
-        "ports without a sketch of their own, by address family (ip) and protocol",
+        "ports without a sketch of their own (for icmp and icmpv6: all watched ICMP types), by "
+        "address family (ip) and protocol",
         labels=["ip", "proto"],
     )
+    chosen = {(fam, proto) for proto in view.settings.protocols for fam in protocol_families(proto)}
     for (fam, proto), estimate in sorted(sketches.other_estimates.items(), key=_proto_family):
-        other.add_metric([family_name(fam), protocol_name(proto)], float(round(estimate)))
+        # The chosen protocols, and one no longer chosen while its sources are in the window.
+        if (fam, proto) in chosen or round(estimate) > 0:
+            other.add_metric([family_name(fam), protocol_name(proto)], float(round(estimate)))
     yield other
     if not sketches.fleet:
         return
@@ -235,6 +266,48 @@ def _active_users(view: View) -> Iterator[GaugeMetricFamily]:
         for index, value in enumerate(values.tolist()):
             registers.add_metric([ip, protocol, port_text, str(index)], value)
     yield registers
+
+
+def _active_prefixes(view: View, counts: Mapping[tuple[int, int, int], int]) -> GaugeMetricFamily:
+    """active_prefixes{ip, proto, port, len}: for each series of active_users (``counts``, so
+    zero-filled alike) and each prefix length of its family (settings.prefix_lengths), the
+    distinct source prefixes of that length; samples ordered by (port, proto, ip, len). From the
+    table: past its capacity a lower bound (as active_users_exact says)."""
+    prefixes = GaugeMetricFamily(
+        "active_prefixes",
+        "Distinct source prefixes of length len seen within the window, by address family "
+        "(ip), protocol and destination port (for icmp and icmpv6: the ICMP type), across all "
+        "interfaces",
+        labels=["ip", "proto", "port", "len"],
+    )
+    lengths = {
+        fam: sorted(length for f, length in view.settings.prefix_lengths if f == fam)
+        for fam in FAMILIES
+    }
+    found = view.active.prefix_map()
+    for fam, proto, port in sorted(counts, key=lambda label: (label[2], label[1], label[0])):
+        labels = [family_name(fam), protocol_name(proto), str(port)]
+        for length in lengths.get(fam, ()):
+            prefixes.add_metric(
+                [*labels, str(length)], float(found.get((fam, proto, port, length), 0))
+            )
+    return prefixes
+
+
+def _scanning_sources(view: View) -> GaugeMetricFamily:
+    """scanning_sources{ip}: sources that tried settings.scan_ports destination ports or more
+    within the window; both families, 0 when none."""
+    scanning = GaugeMetricFamily(
+        "scanning_sources",
+        "Source addresses that tried at least scan_ports distinct destination ports (TCP, UDP, "
+        "SCTP, UDP-Lite and DCCP together) within the window, across all interfaces, by "
+        "address family (ip)",
+        labels=["ip"],
+    )
+    families = view.active.scanners["family"]
+    for fam in FAMILIES:
+        scanning.add_metric([family_name(fam)], float(np.count_nonzero(families == fam)))
+    return scanning
 
 
 def _proto_family(item: tuple[tuple[int, int], float]) -> tuple[int, int]:

@@ -14,19 +14,28 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import numpy as np
+
 from xdp_ip_counter import __version__
 from xdp_ip_counter.config import valid_interface_name
-from xdp_ip_counter.layout import FAMILIES, PROTOCOLS
+from xdp_ip_counter.layout import FAMILIES, PROTOCOL_NUMBERS
 from xdp_ip_counter.metrics import Exposition, View
 from xdp_ip_counter.web.auth import VerifiedPasswords
 from xdp_ip_counter.web.config import NO_WEB_CONFIG, WebConfig
 from xdp_ip_counter.web.server import JSON, Limits, Server, error_body
-from xdp_ip_counter.window import ActiveSet, family_name, protocol_name, rfc3339_ms
+from xdp_ip_counter.window import (
+    ActiveSet,
+    family_name,
+    format_addresses,
+    protocol_name,
+    rfc3339_ms,
+)
 
 REALM = "xdp-ip-counter"  # of basic authentication
 MAX_QUERY_FIELDS = 64
@@ -36,10 +45,12 @@ MAX_LIST_RENDERS = 2  # /list answers being rendered at once (each costs CPU and
 ALLOWED_METHODS = "GET, HEAD"
 HTML = "text/html; charset=utf-8"
 
-LIST_PARAMETERS = ("iface", "port", "proto", "type")
+LIST_PARAMETERS = ("iface", "port", "proto", "scanners", "type")
 _PORT = re.compile(r"[0-9]{1,5}")
-_PROTOCOL_NUMBERS = {name: number for number, name in PROTOCOLS.items()}
 _FAMILY_NUMBERS = {name: number for number, name in FAMILIES.items()}
+# What scanners=1 combines with: a scanner is counted over every port, every protocol with ports
+# and every interface, so only its family can narrow the list.
+_SCANNER_PARAMETERS = ("type",)
 
 
 class BadQuery(ValueError):
@@ -49,12 +60,23 @@ class BadQuery(ValueError):
 # -- /list ------------------------------------------------------------------------------------
 
 
-def list_filters(query: str) -> dict[str, list[Any]]:
-    """Parse a /list query string into ActiveSet.select() arguments.
+@dataclass(frozen=True)
+class ListQuery:
+    """A /list query: the rows matching ``filters`` (ActiveSet.select() arguments), or with
+    ``scanners`` the scanning sources of the families in ``filters`` (all when absent)."""
 
-    Parameters: ``port`` (0..65535), ``proto`` (tcp, udp), ``type`` (v4, v6), ``iface`` (an
-    interface name). Each may be repeated or take a comma-separated list: values of one parameter
-    are alternatives (OR), different parameters must all match (AND). Anything else is a BadQuery.
+    filters: Mapping[str, list[Any]] = field(default_factory=dict)
+    scanners: bool = False
+
+
+def parse_list_query(query: str) -> ListQuery:
+    """Parse a /list query string.
+
+    Parameters: ``port`` (0..65535), ``proto`` (a name of layout.PROTOCOLS), ``type`` (v4, v6),
+    ``iface`` (an interface name), ``scanners`` (1: the scanning sources instead of the rows,
+    with ``type`` only; 0: the rows). Each of the filters may be repeated or take a
+    comma-separated list: values of one parameter are alternatives (OR), different parameters
+    must all match (AND). Anything else is a BadQuery.
     """
     try:
         pairs = parse_qsl(
@@ -81,9 +103,9 @@ def list_filters(query: str) -> dict[str, list[Any]]:
             raise BadQuery(f"port: {item!r} is not a port number 0..65535")
         filters.setdefault("ports", []).append(int(item))
     for item in values.get("proto", []):
-        if item.lower() not in _PROTOCOL_NUMBERS:
-            raise BadQuery(f"proto: {item!r} is not {' or '.join(_PROTOCOL_NUMBERS)}")
-        filters.setdefault("protos", []).append(_PROTOCOL_NUMBERS[item.lower()])
+        if item.lower() not in PROTOCOL_NUMBERS:
+            raise BadQuery(f"proto: {item!r} is not one of {', '.join(PROTOCOL_NUMBERS)}")
+        filters.setdefault("protos", []).append(PROTOCOL_NUMBERS[item.lower()])
     for item in values.get("type", []):
         if item.lower() not in _FAMILY_NUMBERS:
             raise BadQuery(f"type: {item!r} is not {' or '.join(_FAMILY_NUMBERS)}")
@@ -92,7 +114,21 @@ def list_filters(query: str) -> dict[str, list[Any]]:
         if not valid_interface_name(item):
             raise BadQuery(f"iface: {item!r} is not an interface name")
         filters.setdefault("interfaces", []).append(item)
-    return filters
+    scanners = values.get("scanners", [])
+    if len(scanners) > 1:
+        raise BadQuery("scanners: one value, 0 or 1")
+    if scanners and scanners[0] not in ("0", "1"):
+        raise BadQuery(f"scanners: {scanners[0]!r} is not 0 or 1")
+    if scanners == ["1"]:
+        others = [name for name in values if name not in ("scanners", *_SCANNER_PARAMETERS)]
+        if others:
+            raise BadQuery(
+                f"scanners: combines with {', '.join(_SCANNER_PARAMETERS)} only, not "
+                f"{', '.join(sorted(others))} (a scanner's ports are counted over every "
+                "protocol with ports and every interface)"
+            )
+        return ListQuery(filters, scanners=True)
+    return ListQuery(filters)
 
 
 _ROW = (
@@ -135,6 +171,33 @@ def list_json_chunks(active: ActiveSet, chunk_rows: int = LIST_CHUNK_ROWS) -> It
         ]
         head = "[\n" if start == 0 else ",\n"
         tail = "\n]\n" if stop == len(active) else ""
+        yield (head + ",\n".join(lines) + tail).encode()
+
+
+_SCANNER_ROW = '{"ip":"%s","type":"%s","ports":%d}'
+
+
+def scanner_json_chunks(scanners: np.ndarray, chunk_rows: int = LIST_CHUNK_ROWS) -> Iterator[bytes]:
+    """The /list?scanners=1 body for window.SCANNER_DTYPE rows, in their order (ports
+    descending, then v4 before v6, then address): a JSON array with one object per line, a
+    slice at a time, as list_json_chunks."""
+    if len(scanners) == 0:
+        yield b"[]\n"
+        return
+    for start in range(0, len(scanners), chunk_rows):
+        stop = min(start + chunk_rows, len(scanners))
+        rows = scanners[start:stop]
+        lines = [
+            _SCANNER_ROW % fields
+            for fields in zip(
+                format_addresses(rows),
+                [family_name(f) for f in rows["family"].tolist()],
+                rows["ports"].tolist(),
+                strict=True,
+            )
+        ]
+        head = "[\n" if start == 0 else ",\n"
+        tail = "\n]\n" if stop == len(scanners) else ""
         yield (head + ",\n".join(lines) + tail).encode()
 
 
@@ -243,9 +306,15 @@ class Routes:
                 "the list is disabled: start with --serve-ip-list or set serve_ip_list = true",
             )
         try:
-            filters = list_filters(query)
+            parsed = parse_list_query(query)
         except BadQuery as exc:
             return _error(start, HTTPStatus.BAD_REQUEST, str(exc))
+        if parsed.scanners and not view.settings.scan_ports:
+            return _error(
+                start,
+                HTTPStatus.NOT_FOUND,
+                "scanner detection is off: set scan_ports (--scan-ports) above 0",
+            )
         # The length is not known before the last row is rendered: the body ends when the
         # connection closes (HTTP/1.0), and only one slice of rows is held as text at a time.
         if environ["REQUEST_METHOD"] == "HEAD":
@@ -254,12 +323,19 @@ class Routes:
         if not self.list_renders.acquire(blocking=False):
             return _unavailable(start, "busy rendering /list: try again")
         try:
-            selected = view.active.select(**filters)
+            if parsed.scanners:
+                scanners = view.active.scanners
+                if "families" in parsed.filters:
+                    wanted = np.asarray(parsed.filters["families"], np.uint8)
+                    scanners = scanners[np.isin(scanners["family"], wanted)]
+                chunks = scanner_json_chunks(scanners)
+            else:
+                chunks = list_json_chunks(view.active.select(**parsed.filters))
             start(_status(HTTPStatus.OK), [("Content-Type", JSON)])
         except BaseException:
             self.list_renders.release()
             raise
-        return _Rendering(list_json_chunks(selected), self.list_renders)
+        return _Rendering(chunks, self.list_renders)
 
 
 def _status(status: HTTPStatus) -> str:

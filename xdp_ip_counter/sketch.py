@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .layout import HLL_P, OTHER_SKETCHES, RING, SKETCH_SLOT_DTYPE, TICK_SHIFT
+from .layout import HLL_P, OTHER_SKETCH_IDS, OTHER_SKETCHES, RING, SKETCH_SLOT_DTYPE, TICK_SHIFT
 
 DEFAULT_P = HLL_P
 FLEET_P = 12  # the precision of the registers exported for fleet_ports
@@ -196,19 +196,21 @@ SPARE_PORTS = 4  # room for ports a reload adds
 
 
 def sketch_class(family: int, proto: int) -> int:
-    """The kernel's class of a (family, protocol): (family == 6) * 2 + (proto == UDP)."""
+    """The kernel's class of a TCP or UDP (family, protocol): (family == 6) * 2 + (proto == UDP);
+    also the id of its "other ports" sketch (layout.OTHER_SKETCH_IDS)."""
     return (2 if family == 6 else 0) | (1 if proto == 17 else 0)
 
 
-CLASSES = {sketch_class(f, p): (f, p) for f in (4, 6) for p in (6, 17)}
+CLASSES = {sketch_class(f, p): (f, p) for f in (4, 6) for p in (6, 17)}  # TCP and UDP only
 
 
 @dataclass(frozen=True)
 class SketchPlan:
-    """Ports with sketches of their own: ports[i] has the ids 4 + 4 i + class. Every other
-    port goes to its class's "other ports" sketch (ids 0..3). The kernel's map has room for
-    `capacity` ports, fixed at start-up; a reload keeps every port's ids (a port no longer
-    watched keeps them, unused) and gives new ports the ids left."""
+    """TCP and UDP ports with sketches of their own: ports[i] has the ids OTHER_SKETCHES + 4 i +
+    class. Every other port, and every port (ICMP type) of the other protocols, goes to its
+    (family, protocol)'s "other ports" sketch (layout.OTHER_SKETCH_IDS, ids 0..OTHER_SKETCHES -
+    1). The kernel's map has room for `capacity` ports, fixed at start-up; a reload keeps every
+    port's ids (a port no longer watched keeps them, unused) and gives new ports the ids left."""
 
     ports: tuple[int, ...] = ()
     capacity: int = SPARE_PORTS
@@ -239,7 +241,10 @@ class SketchPlan:
         return OTHER_SKETCHES + 4 * self.capacity
 
     def sketch_id(self, family: int, proto: int, port: int) -> int | None:
-        """The id of the port's own sketch for (family, proto), None if it has none."""
+        """The id of the port's own sketch for (family, proto), None if it has none (always
+        for protocols other than TCP and UDP)."""
+        if proto not in (6, 17):
+            return None
         try:
             position = self.ports.index(port)
         except ValueError:
@@ -247,7 +252,8 @@ class SketchPlan:
         return OTHER_SKETCHES + 4 * position + sketch_class(family, proto)
 
     def port_ids(self) -> np.ndarray:
-        """The kernel's sketch_of_port map: (65536, 4) uint16, 0 = the class's other sketch."""
+        """The kernel's sketch_of_port map: (65536, 4) uint16 by TCP/UDP class, 0 = the
+        class's other sketch."""
         ids = np.zeros((65536, 4), np.uint16)
         for position, port in enumerate(self.ports):
             ids[port] = OTHER_SKETCHES + 4 * position + np.arange(4)
@@ -330,8 +336,9 @@ class SketchWindow:
 
 @dataclass(frozen=True)
 class SketchCounts:
-    """What /metrics shows of the sketches, per (family, proto, port) of the ports with a
-    sketch of their own, and per (family, proto) for the other ports."""
+    """What /metrics shows of the sketches, per (family, proto, port) of the TCP and UDP ports
+    with a sketch of their own, and per (family, proto) of layout.OTHER_SKETCH_IDS for the
+    other ports (and ICMP types)."""
 
     exact: Mapping[tuple[int, int, int], bool]  # no source of it lost from the table
     estimates: Mapping[tuple[int, int, int], float]  # the sketch's, for every own-port sketch
@@ -353,6 +360,6 @@ class SketchCounts:
                     registers = union.fleet_registers(sketch)
                     if registers is not None:
                         fleet_registers[label] = registers
-        other_exact = {CLASSES[k]: not union.lost[k] for k in range(OTHER_SKETCHES)}
-        other_estimates = {CLASSES[k]: union.estimate(k) for k in range(OTHER_SKETCHES)}
+        other_exact = {label: not union.lost[k] for label, k in OTHER_SKETCH_IDS.items()}
+        other_estimates = {label: union.estimate(k) for label, k in OTHER_SKETCH_IDS.items()}
         return cls(exact, estimates, other_exact, other_estimates, fleet_registers)

@@ -65,7 +65,8 @@ class TableDataPath:
     """DataPath's API over numpy arrays: `words` is the sources table (sets of SET_WORDS words,
     written with table.place as the kernel would), `slots` the sketch map's slots; `now_ns` the
     kernel clock; `stats` and `events` the per-CPU counters summed. configure() (its
-    new_source_budget apart, in `budgets`) and attach() are recorded."""
+    new_source_budget apart, in `budgets`, and its protocols, ICMP types and source lists, in
+    `filters`) and attach() are recorded."""
 
     def __init__(self, max_entries: int = 1024, plan: SketchPlan | None = None) -> None:
         self.plan = plan if plan is not None else SketchPlan()
@@ -79,6 +80,7 @@ class TableDataPath:
         self.events = dict.fromkeys(EVENTS, 0)
         self.configured: list[tuple[PortFilter, int, SketchPlan]] = []
         self.budgets: list[int] = []
+        self.filters: list[dict[str, object]] = []
         self.attached: list[tuple[str, str]] = []
         self.window: int | None = None
 
@@ -89,6 +91,7 @@ class TableDataPath:
         plan: SketchPlan | None = None,
         *,
         new_source_budget: int = 0,
+        **filters: object,  # protocols, icmp_types, exclude_sources, include_sources
     ) -> None:
         if plan is not None:
             if plan.sketches != self.plan.sketches:
@@ -97,6 +100,7 @@ class TableDataPath:
         self.window = window
         self.configured.append((ports, window, self.plan))
         self.budgets.append(new_source_budget)
+        self.filters.append(filters)
 
     def attach(self, ifname: str, mode: str) -> FakeLink:
         self.attached.append((ifname, mode))
@@ -310,6 +314,46 @@ def test_a_daemon_handed_a_data_path_refreshes_without_start() -> None:
     view = daemon.current_view()
     assert view is not None
     assert view.active.count_map() == {(4, 6, 22): 3}
+
+
+@pytest.mark.usefixtures("offline")
+def test_a_refresh_counts_prefixes_and_scanners_by_the_settings_in_force() -> None:
+    """10.20.0.0 and 10.20.0.1 (one /24) and 10.20.1.44 on tcp/22; 10.20.0.5 tries three
+    ports, 10.20.0.6 two: with scan_ports 3 one scanner. A reload that turns both off leaves
+    neither in the next refresh's metrics."""
+    first = Settings(
+        interfaces=("lo",), ports=PortFilter.all(), prefix_lengths=((4, 24), (4, 32)), scan_ports=3
+    )
+    datapath = TableDataPath()
+    datapath.record(sources(0, 2), port=22, proto=6, seconds_ago=2)
+    datapath.record(sources(300, 1), port=22, proto=6, seconds_ago=3)
+    for port in (22, 23, 24):
+        datapath.record(sources(5, 1), port=port, proto=6, seconds_ago=4)
+    for port in (22, 25):
+        datapath.record(sources(6, 1), port=port, proto=6, seconds_ago=5)
+    daemon, then = reloading(first, datapath)
+
+    view = daemon.current_view()
+    assert view is not None
+    assert view.active.count_map()[(4, 6, 22)] == 5
+    assert {k: n for k, n in view.active.prefix_map().items() if k[2] == 22} == {
+        (4, 6, 22, 24): 2,  # 10.20.0.0/24 and 10.20.1.0/24
+        (4, 6, 22, 32): 5,
+    }
+    lines = Exposition(process_metrics=False).render(view, None)[0].decode().splitlines()
+    assert 'active_prefixes{ip="v4",len="24",port="22",proto="tcp"} 2.0' in lines
+    assert 'scanning_sources{ip="v4"} 1.0' in lines
+    assert 'scanning_sources{ip="v6"} 0.0' in lines
+
+    then.append(replace(first, prefix_lengths=(), scan_ports=0))
+    daemon.reload()
+    assert daemon.reload_successful
+    daemon.refresh()
+    view = daemon.current_view()
+    assert view is not None
+    body = Exposition(process_metrics=False).render(view, None)[0]
+    assert b"active_prefixes" not in body
+    assert b"scanning_sources" not in body
 
 
 # -- reloads and the data path ---------------------------------------------------------------

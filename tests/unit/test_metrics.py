@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_cla
 
 from tests.conftest import assert_golden
 from xdp_ip_counter.config import PortFilter, Settings
-from xdp_ip_counter.layout import HLL_P, KEY_DTYPE, OUTCOMES, VALUE_DTYPE
+from xdp_ip_counter.layout import HLL_P, KEY_DTYPE, OTHER_SKETCH_IDS, OUTCOMES, VALUE_DTYPE
 from xdp_ip_counter.metrics import CLASSIC, OPENMETRICS, Exposition, View, ViewCollector
 from xdp_ip_counter.sketch import (
     FLEET_P,
@@ -34,7 +34,6 @@ from xdp_ip_counter.sketch import (
     estimate_classic,
     registers,
     relative_standard_error,
-    sketch_class,
 )
 from xdp_ip_counter.window import Snapshot, active_set
 
@@ -60,7 +59,11 @@ IN_WINDOW = {
     (6, 6, 22): ["fd00:7::1"],
     (4, 17, 53): ["10.7.0.3"],
     (6, 6, 8080): ["fd00:7::2"],
+    (4, 1, 8): ["10.7.0.5"],  # ICMP echo request: the port is the ICMP type
 }
+# The sample's protocols: TCP, UDP, ICMP and ICMPv6 (with the default ICMP types, echo
+# requests: icmp 8 and icmpv6 128).
+PROTOCOLS = (6, 17, 1, 58)
 # Sources of v4 tcp/22 that the table gave up (a flood): only its sketch counts them.
 LOST = [f"10.9.{n >> 8}.{n & 255}" for n in range(1000)]
 
@@ -70,7 +73,7 @@ def sample_sketches(
 ) -> SketchCounts:
     """The window's sketches of sample_view: each (family, protocol, port) saw the sources the
     table holds within the window, and v4 tcp/22 also `lost` (its sketch, or with all ports its
-    class's "other ports" sketch, says it lost them)."""
+    (family, protocol)'s "other ports" sketch, says it lost them)."""
     plan = SketchPlan.initial(ports.ports, fleet_ports)
     union = SketchUnion(
         np.zeros((plan.sketches, 1 << HLL_P), np.uint8), np.zeros(plan.sketches, np.uint64)
@@ -78,7 +81,7 @@ def sample_sketches(
     seen = {**IN_WINDOW, (4, 6, 22): IN_WINDOW[(4, 6, 22)] + lost}
     for (family, proto, port), sources in seen.items():
         sketch = plan.sketch_id(family, proto, port)
-        sketch = sketch_class(family, proto) if sketch is None else sketch
+        sketch = OTHER_SKETCH_IDS[(family, proto)] if sketch is None else sketch
         words = np.array([address_words(source) for source in sources], np.uint64)
         hashes = address_hash(words[:, 0], words[:, 1])
         np.maximum(union.registers[sketch], registers(hashes), out=union.registers[sketch])
@@ -87,7 +90,14 @@ def sample_sketches(
     return SketchCounts.of(union, plan, fleet_ports)
 
 
-def sample_view(ports: PortFilter, fleet_ports: tuple[int, ...] = (), **changes: object) -> View:
+def sample_view(
+    ports: PortFilter,
+    fleet_ports: tuple[int, ...] = (),
+    settings: Settings | None = None,
+    **changes: object,
+) -> View:
+    """The sample's View; `settings` replace the sample's (ports and fleet_ports apart), and
+    its prefixes and scanners are counted by them."""
     entries = [
         (key("10.7.0.1", 22, 6), NOW - 5 * S),
         (key("10.7.0.1", 22, 6, ifindex=3), NOW - 3 * S),  # same source, second interface
@@ -96,21 +106,26 @@ def sample_view(ports: PortFilter, fleet_ports: tuple[int, ...] = (), **changes:
         (key("10.7.0.3", 53, 17), NOW - 2 * S),
         (key("fd00:7::2", 8080, 6), NOW - 4 * S),
         (key("10.7.0.4", 22, 6), NOW - 61 * S),  # outside the window
+        (key("10.7.0.5", 8, 1), NOW - 7 * S),  # ICMP echo request (type 8)
     ]
     keys = np.array([k for k, _ in entries], KEY_DTYPE)
     values = np.array([(last - S, last, 2, 120) for _, last in entries], VALUE_DTYPE)
     stats = {name: 10 * index for index, name in enumerate(OUTCOMES)}
     snap = Snapshot(keys, values, NOW, WALL, stats, entries_in_map=len(keys), capacity=262144)
-    settings = Settings(
+    base = Settings(
         interfaces=("eth0", "eth1"),
         ports=ports,
         window=60,
         fleet_ports=fleet_ports,
         serve_ip_list=True,
         xdp_mode="native",
+        protocols=PROTOCOLS,
     )
+    settings = replace(settings, ports=ports, fleet_ports=fleet_ports) if settings else base
     view = View(
-        active=active_set(snap, 60, {2: "eth0", 3: "eth1"}),
+        active=active_set(
+            snap, 60, {2: "eth0", 3: "eth1"}, settings.prefix_lengths, settings.scan_ports
+        ),
         snapshot=snap,
         sketches=sample_sketches(ports, fleet_ports),
         settings=settings,
@@ -175,13 +190,15 @@ def test_openmetrics_matches_golden(ports: PortFilter, label: str) -> None:
 # -- what the metrics say -------------------------------------------------------------------
 
 
-def test_all_ports_shows_only_ports_that_were_hit() -> None:
+def test_all_ports_shows_only_ports_that_were_hit_and_every_icmp_type() -> None:
     body, _ = render(sample_view(ALL), PROMETHEUS_ACCEPT)
     assert active_users(body) == {
         ("v4", "tcp", "22"): 2.0,  # 10.7.0.1 on two interfaces counts once; .4 is too old
         ("v6", "tcp", "22"): 1.0,
         ("v4", "udp", "53"): 1.0,
         ("v6", "tcp", "8080"): 1.0,
+        ("v4", "icmp", "8"): 1.0,
+        ("v6", "icmpv6", "128"): 0.0,  # ICMP types are a finite list: always shown
     }
 
 
@@ -198,6 +215,9 @@ def test_listed_ports_show_every_port_family_and_protocol() -> None:
     expected[("v4", "udp", "53")] = 1.0
     # 8080 is not watched (any more), but was hit within the window: still shown.
     expected[("v6", "tcp", "8080")] = 1.0
+    # ICMP only in IPv4 and ICMPv6 only in IPv6, each with its listed types.
+    expected[("v4", "icmp", "8")] = 1.0
+    expected[("v6", "icmpv6", "128")] = 0.0
     assert active_users(body) == expected
 
 
@@ -206,7 +226,7 @@ def test_daemon_metrics() -> None:
     frames = samples(body, "xdp_ip_counter_frames_total")
     assert frames == {(("outcome", name),): 10.0 * i for i, name in enumerate(OUTCOMES)}
     single = {
-        "xdp_ip_counter_map_entries": 7,
+        "xdp_ip_counter_map_entries": 8,
         "xdp_ip_counter_map_capacity": 262144,
         "xdp_ip_counter_insert_failures_total": 10 * OUTCOMES.index("insert_failed"),
         "xdp_ip_counter_window_seconds": 60,
@@ -221,6 +241,142 @@ def test_daemon_metrics() -> None:
     assert samples(body, "xdp_ip_counter_build_info") == {
         (("interfaces", "eth0,eth1"), ("version", "0.0.0-test"), ("xdp_mode", "native")): 1.0
     }
+
+
+def sample_settings(**changes: object) -> Settings:
+    """The sample's settings (protocols TCP, UDP, ICMP and ICMPv6) with changes."""
+    return replace(sample_view(ALL).settings, **changes)
+
+
+def test_zero_filling_follows_the_chosen_protocols_and_icmp_types() -> None:
+    """Only TCP and ICMPv6 chosen (types 128 and 129), ports 22 and 53 listed: TCP's listed
+    ports and ICMPv6's types are shown, in the families they are recorded in; UDP/53 and ICMP/8
+    (no longer chosen after a reload) stay while their sources are in the window."""
+    settings = sample_settings(protocols=(6, 58), icmp_types=((1, 8), (58, 128), (58, 129)))
+    view = sample_view(PortFilter.of([22, 53]), settings=settings, sketches=None)
+    assert active_users(render(view, PROMETHEUS_ACCEPT)[0]) == {
+        ("v4", "tcp", "22"): 2.0,
+        ("v6", "tcp", "22"): 1.0,
+        ("v4", "tcp", "53"): 0.0,
+        ("v6", "tcp", "53"): 0.0,
+        ("v4", "udp", "53"): 1.0,  # hit, UDP not chosen
+        ("v6", "tcp", "8080"): 1.0,  # hit, not listed
+        ("v4", "icmp", "8"): 1.0,  # hit, ICMP not chosen: its type 8 is not zero-filled
+        ("v6", "icmpv6", "128"): 0.0,
+        ("v6", "icmpv6", "129"): 0.0,
+    }
+
+
+@pytest.mark.parametrize("ports", [LISTED, ALL])
+def test_the_other_port_protocols_are_zero_filled_like_tcp(ports: PortFilter) -> None:
+    settings = sample_settings(protocols=(132, 136, 33))  # sctp, udplite, dccp
+    view = sample_view(ports, settings=settings, sketches=None)
+    shown = active_users(render(view, PROMETHEUS_ACCEPT)[0])
+    hits = {("v4", "tcp", "22"), ("v6", "tcp", "22"), ("v4", "udp", "53")}
+    hits |= {("v6", "tcp", "8080"), ("v4", "icmp", "8")}
+    zero_filled = {
+        (family, proto, str(port))
+        for port in (22, 53, 443)
+        for proto in ("sctp", "udplite", "dccp")
+        for family in ("v4", "v6")
+    }
+    assert set(shown) == (hits | zero_filled if ports is LISTED else hits)
+    assert {label for label, value in shown.items() if value} == hits
+
+
+def test_other_ports_are_shown_for_the_chosen_protocols() -> None:
+    """And for a protocol no longer chosen while its sketch saw sources in the window."""
+    settings = sample_settings(protocols=(6, 58))
+    body, _ = render(sample_view(ALL, settings=settings), PROMETHEUS_ACCEPT)
+    assert set(other_ports(body)) == {
+        ("v4", "tcp"),
+        ("v6", "tcp"),
+        ("v6", "icmpv6"),
+        ("v4", "udp"),  # 10.7.0.3 on 53
+        ("v4", "icmp"),  # 10.7.0.5
+    }
+    assert other_ports(body)[("v6", "icmpv6")] == 0.0
+    assert other_ports(body)[("v4", "icmp")] == 1.0
+
+
+def test_help_says_the_port_of_icmp_is_its_type() -> None:
+    body, _ = render(sample_view(ALL), None)
+    for name in ("active_users", "active_prefixes"):
+        [line] = [x for x in body.decode().splitlines() if x.startswith(f"# HELP {name} ")]
+        assert "(for icmp and icmpv6: the ICMP type)" in line
+
+
+def prefixes_of(body: bytes) -> dict[tuple[str, str, str, str], float]:
+    return {
+        (label["ip"], label["proto"], label["port"], label["len"]): value
+        for label, value in (
+            (dict(labels), value) for labels, value in samples(body, "active_prefixes").items()
+        )
+    }
+
+
+def test_active_prefixes_per_length_zero_filled_like_active_users() -> None:
+    lengths = ((4, 16), (4, 24), (4, 32), (6, 48), (6, 64))
+    view = sample_view(LISTED, settings=sample_settings(prefix_lengths=lengths))
+    body, _ = render(view, PROMETHEUS_ACCEPT)
+    users = active_users(body)
+    found = prefixes_of(body)
+    assert set(found) == {
+        (ip, proto, port, str(length))
+        for ip, proto, port in users
+        for family, length in lengths
+        if ip == f"v{family}"
+    }
+    nonzero = {label: value for label, value in found.items() if value}
+    assert nonzero == {
+        # 10.7.0.1 and 10.7.0.2: one /16, one /24, two /32
+        ("v4", "tcp", "22", "16"): 1.0,
+        ("v4", "tcp", "22", "24"): 1.0,
+        ("v4", "tcp", "22", "32"): 2.0,
+        ("v6", "tcp", "22", "48"): 1.0,
+        ("v6", "tcp", "22", "64"): 1.0,
+        ("v4", "udp", "53", "16"): 1.0,
+        ("v4", "udp", "53", "24"): 1.0,
+        ("v4", "udp", "53", "32"): 1.0,
+        ("v6", "tcp", "8080", "48"): 1.0,
+        ("v6", "tcp", "8080", "64"): 1.0,
+        ("v4", "icmp", "8", "16"): 1.0,
+        ("v4", "icmp", "8", "24"): 1.0,
+        ("v4", "icmp", "8", "32"): 1.0,
+    }
+
+
+def test_no_prefix_lengths_no_active_prefixes() -> None:
+    view = sample_view(ALL, settings=sample_settings(prefix_lengths=()))
+    assert b"active_prefixes" not in render(view, None)[0]
+    only_v6 = sample_view(ALL, settings=sample_settings(prefix_lengths=((6, 56),)))
+    assert {label[0] for label in prefixes_of(render(only_v6, None)[0])} == {"v6"}
+
+
+def scanning(body: bytes) -> dict[str, float]:
+    return {
+        dict(labels)["ip"]: value for labels, value in samples(body, "scanning_sources").items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("scan_ports", "expected"),
+    [
+        # Every source with a port: 10.7.0.1-3 (not .4, too old; not .5, ICMP), fd00:7::1, ::2.
+        (1, {"v4": 3.0, "v6": 2.0}),
+        (2, {"v4": 0.0, "v6": 0.0}),  # both families always there
+        (10, {"v4": 0.0, "v6": 0.0}),
+    ],
+)
+def test_scanning_sources(scan_ports: int, expected: dict[str, float]) -> None:
+    view = sample_view(ALL, settings=sample_settings(scan_ports=scan_ports))
+    for accept in (None, PROMETHEUS_ACCEPT):
+        assert scanning(render(view, accept)[0]) == expected
+
+
+def test_no_scanning_sources_when_scan_ports_is_0() -> None:
+    view = sample_view(ALL, settings=sample_settings(scan_ports=0))
+    assert b"scanning_sources" not in render(view, None)[0]
 
 
 def test_reload_success_is_one() -> None:
@@ -302,11 +458,11 @@ def test_promtool_check_metrics(ports: PortFilter, require: Callable[[object, st
 
 def test_view_keeps_the_snapshot_summary_not_its_arrays() -> None:
     view = sample_view(ALL)
-    assert (view.entries_in_map, view.capacity) == (7, 262144)
+    assert (view.entries_in_map, view.capacity) == (8, 262144)
     assert view.stats["insert_failed"] == 10 * OUTCOMES.index("insert_failed")
     assert not any(isinstance(v, np.ndarray) for v in vars(view).values())
     failed = replace(view, refresh_failures=2)  # what the daemon does when a refresh fails
-    assert (failed.entries_in_map, failed.capacity, failed.stats) == (7, 262144, view.stats)
+    assert (failed.entries_in_map, failed.capacity, failed.stats) == (8, 262144, view.stats)
     assert failed.active is view.active
 
 
@@ -354,7 +510,8 @@ def test_a_lossy_port_never_shows_less_than_the_table_holds() -> None:
 def test_a_port_without_a_sketch_of_its_own_shows_the_lower_bound() -> None:
     """With all ports watched no port has a sketch of its own: v4 tcp/22 lost sources to the
     v4 tcp "other ports" sketch, so every v4 tcp port shows the table's count, a lower bound,
-    with active_users_exact 0; active_users_other_ports has the estimate."""
+    with active_users_exact 0; active_users_other_ports has the estimate. ICMP types never
+    have a sketch of their own."""
     body, _ = render(sample_view(ALL), PROMETHEUS_ACCEPT)
     assert active_users(body)[("v4", "tcp", "22")] == 2.0
     assert exactness(body) == {
@@ -362,16 +519,25 @@ def test_a_port_without_a_sketch_of_its_own_shows_the_lower_bound() -> None:
         ("v6", "tcp", "22"): 1.0,
         ("v4", "udp", "53"): 1.0,
         ("v6", "tcp", "8080"): 1.0,
+        ("v4", "icmp", "8"): 1.0,
+        ("v6", "icmpv6", "128"): 1.0,
     }
-    other = {
+    assert other_ports(body) == {
+        ("v4", "tcp"): other_ports(body)[("v4", "tcp")],
+        ("v6", "tcp"): 2.0,  # fd00:7::1 on 22 and fd00:7::2 on 8080
+        ("v4", "udp"): 1.0,
+        ("v6", "udp"): 0.0,
+        ("v4", "icmp"): 1.0,
+        ("v6", "icmpv6"): 0.0,
+    }
+    assert within(other_ports(body)[("v4", "tcp")], 1002)
+
+
+def other_ports(body: bytes) -> dict[tuple[str, str], float]:
+    return {
         (dict(labels)["ip"], dict(labels)["proto"]): value
         for labels, value in samples(body, "active_users_other_ports").items()
     }
-    assert set(other) == {("v4", "tcp"), ("v4", "udp"), ("v6", "tcp"), ("v6", "udp")}
-    assert within(other[("v4", "tcp")], 1002)
-    assert other[("v6", "tcp")] == 2.0  # fd00:7::1 on 22 and fd00:7::2 on 8080
-    assert other[("v4", "udp")] == 1.0
-    assert other[("v6", "udp")] == 0.0
 
 
 def test_without_sketches_every_count_is_exact_and_there_is_no_estimate() -> None:

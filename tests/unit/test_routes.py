@@ -18,20 +18,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import numpy as np
 import pytest
 
 from tests.conftest import assert_golden
-from tests.support.http import sample_view
+from tests.support.http import IFNAMES, NOW, WALL, key, sample_view
 from xdp_ip_counter.config import PortFilter
+from xdp_ip_counter.layout import KEY_DTYPE, VALUE_DTYPE
 from xdp_ip_counter.metrics import CLASSIC, OPENMETRICS, Exposition, View
 from xdp_ip_counter.routes import (
     MAX_LIST_RENDERS,
     BadQuery,
+    ListQuery,
     MetricsServer,
-    list_filters,
     list_json_chunks,
+    parse_list_query,
+    scanner_json_chunks,
 )
 from xdp_ip_counter.web.server import Limits, ListenError
+from xdp_ip_counter.window import SCANNER_DTYPE, Snapshot, active_set
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -90,11 +95,26 @@ def test_empty_list_is_an_empty_array() -> None:
         ("port=22,443", {"ports": [22, 443]}),
         ("port=0&port=65535", {"ports": [0, 65535]}),
         ("proto=UDP", {"protos": [17]}),
+        ("proto=icmp,ICMPv6&proto=sctp", {"protos": [1, 58, 132]}),
+        ("proto=udplite,dccp,tcp", {"protos": [136, 33, 6]}),
         ("type=v6&iface=eth1", {"families": [6], "interfaces": ["eth1"]}),
+        ("scanners=0&port=22", {"ports": [22]}),  # 0: the rows
     ],
 )
 def test_list_filters(query: str, expected: dict[str, list[object]]) -> None:
-    assert list_filters(query) == expected
+    assert parse_list_query(query) == ListQuery(expected, scanners=False)
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("scanners=1", {}),
+        ("scanners=1&type=v6", {"families": [6]}),
+        ("type=V4,v6&scanners=1", {"families": [4, 6]}),
+    ],
+)
+def test_list_scanners_query(query: str, expected: dict[str, list[object]]) -> None:
+    assert parse_list_query(query) == ListQuery(expected, scanners=True)
 
 
 @pytest.mark.parametrize(
@@ -117,10 +137,10 @@ def test_list_iface_is_a_kernel_interface_name(name: str, valid: bool) -> None:
     """The kernel's dev_valid_name(): 1..15 bytes, no '/', ':' or whitespace, not '.' or '..'."""
     query = urlencode({"iface": name})
     if valid:
-        assert list_filters(query) == {"interfaces": [name]}
+        assert parse_list_query(query).filters == {"interfaces": [name]}
     else:
         with pytest.raises(BadQuery, match=r"^iface: .* is not an interface name$"):
-            list_filters(query)
+            parse_list_query(query)
 
 
 # -- a real server --------------------------------------------------------------------------
@@ -264,7 +284,16 @@ def test_list_filters_over_http(
         ("port=+22", "port"),
         ("port=", "port"),
         ("port=22,,80", "port"),
-        ("proto=icmp", "proto"),
+        ("proto=gre", "proto"),
+        ("proto=icmp6", "proto"),
+        ("scanners=2", "scanners"),
+        ("scanners=", "scanners"),
+        ("scanners=yes", "scanners"),
+        ("scanners=1,1", "scanners"),
+        ("scanners=1&scanners=0", "scanners"),
+        ("scanners=1&port=22", "scanners"),
+        ("scanners=1&proto=tcp", "scanners"),
+        ("scanners=1&iface=eth0", "scanners"),
         ("type=v5", "type"),
         ("type=", "type"),
         ("iface=a/b", "iface"),
@@ -279,6 +308,104 @@ def test_bad_list_query_is_400_with_a_json_error(served: Served, query: str, nam
     assert status == 400
     assert set(body) == {"error"}
     assert names in body["error"]
+
+
+def test_a_bad_protocol_names_every_protocol() -> None:
+    with pytest.raises(BadQuery) as raised:
+        parse_list_query("proto=tcp,gre")
+    assert str(raised.value) == (
+        "proto: 'gre' is not one of tcp, udp, icmp, icmpv6, sctp, udplite, dccp"
+    )
+
+
+def test_scanners_with_another_filter_names_it() -> None:
+    with pytest.raises(BadQuery) as raised:
+        parse_list_query("type=v4&scanners=1&port=22&iface=eth0")
+    assert str(raised.value) == (
+        "scanners: combines with type only, not iface, port (a scanner's ports are counted "
+        "over every protocol with ports and every interface)"
+    )
+
+
+# Sources for /list?scanners=1 with scan_ports 3: (address, [(port, proto, ifindex)], seconds ago)
+SCANNING = [
+    ("10.8.1.1", [(p, 6, 2) for p in (1, 2, 3, 4, 5)], 1),  # 5 ports
+    ("10.8.1.10", [(22, 6, 2), (80, 6, 2), (53, 17, 3)], 2),  # 3
+    ("10.8.1.9", [(22, 6, 2), (22, 17, 2), (80, 132, 2), (53, 136, 3)], 3),  # 3: 22 once
+    ("10.8.1.2", [(22, 6, 2), (22, 6, 3), (80, 6, 3)], 4),  # 2: 22 on two interfaces
+    ("10.8.1.3", [(22, 6, 2), (80, 33, 2)] + [(t, 1, 2) for t in range(8)], 5),  # 2: ICMP
+    ("10.8.1.4", [(p, 6, 2) for p in (1, 2, 3)], 61),  # outside the window
+    ("fd00:8::5", [(7, 136, 2), (8, 33, 2), (9, 6, 3)], 6),  # 3
+    ("fd00:8::6", [(7, 6, 2), (8, 6, 2), (128, 58, 2), (129, 58, 2)], 7),  # 2: ICMPv6
+]
+
+
+def scanner_view(scan_ports: int = 3) -> View:
+    entries = [
+        (key(ip, port, proto, ifindex), NOW - ago * 1_000_000_000)
+        for ip, tried, ago in SCANNING
+        for port, proto, ifindex in tried
+    ]
+    keys = np.array([k for k, _ in entries], KEY_DTYPE)
+    values = np.array([(last, last, 1, 60) for _, last in entries], VALUE_DTYPE)
+    snap = Snapshot(keys, values, NOW, WALL, {}, len(keys), 4096)
+    view = sample_view(active=active_set(snap, 60, IFNAMES, scan_ports=scan_ports), snapshot=snap)
+    return replace(view, settings=replace(view.settings, scan_ports=scan_ports))
+
+
+SCANNERS = [
+    {"ip": "10.8.1.1", "type": "v4", "ports": 5},
+    {"ip": "10.8.1.9", "type": "v4", "ports": 3},  # numeric order: .9 before .10
+    {"ip": "10.8.1.10", "type": "v4", "ports": 3},
+    {"ip": "fd00:8::5", "type": "v6", "ports": 3},
+]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("scanners=1", SCANNERS),
+        ("scanners=1&type=v4", SCANNERS[:3]),
+        ("type=v6&scanners=1", SCANNERS[3:]),
+        ("scanners=1&type=v4,v6", SCANNERS),
+    ],
+)
+def test_list_scanners(served: Served, query: str, expected: list[dict[str, Any]]) -> None:
+    served.view = scanner_view()
+    assert served.get_json(f"/list?{query}") == (200, expected)
+
+
+def test_list_scanners_document(served: Served) -> None:
+    served.view = scanner_view(scan_ports=5)
+    status, headers, body = served.request("GET", "/list?scanners=1")
+    assert (status, headers["Content-Type"]) == (200, "application/json")
+    assert body == b'[\n{"ip":"10.8.1.1","type":"v4","ports":5}\n]\n'
+    served.view = scanner_view(scan_ports=6)
+    assert served.request("GET", "/list?scanners=1")[2] == b"[]\n"
+    head = served.request("HEAD", "/list?scanners=1")
+    assert (head[0], head[1]["Content-Type"], head[2]) == (200, "application/json", b"")
+
+
+def test_list_scanners_0_is_the_list(served: Served) -> None:
+    served.view = scanner_view()
+    assert served.get_json("/list?scanners=0") == served.get_json("/list")
+
+
+def test_list_scanners_when_scan_ports_is_off_is_404(served: Served) -> None:
+    served.view = scanner_view(scan_ports=0)
+    status, body = served.get_json("/list?scanners=1")
+    assert status == 404
+    assert body == {"error": "scanner detection is off: set scan_ports (--scan-ports) above 0"}
+    assert served.get_json("/list?scanners=0")[0] == 200
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 3, 100])
+def test_scanner_chunks_join_to_the_same_document(chunk_rows: int) -> None:
+    scanners = scanner_view().active.scanners
+    assert len(scanners) == 4
+    joined = b"".join(scanner_json_chunks(scanners, chunk_rows))
+    assert json.loads(joined) == SCANNERS
+    assert b"".join(scanner_json_chunks(np.zeros(0, SCANNER_DTYPE))) == b"[]\n"
 
 
 def test_list_disabled_is_404(served: Served) -> None:

@@ -11,7 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xdp_ip_counter.layout import HLL_P, OTHER_SKETCHES, RING, SKETCH_SLOT_DTYPE, TICK_SHIFT
+from xdp_ip_counter.layout import (
+    HLL_P,
+    OTHER_SKETCH_IDS,
+    OTHER_SKETCHES,
+    RING,
+    SKETCH_SLOT_DTYPE,
+    TICK_SHIFT,
+)
 from xdp_ip_counter.sketch import (
     CLASSES,
     FLEET_P,
@@ -40,7 +47,7 @@ S = 1_000_000_000
 TICK = 1 << TICK_SHIFT  # 8.59 s
 T = 1000  # the tick of "now" in these tests
 M64 = (1 << 64) - 1
-TCP, UDP = 6, 17
+TCP, UDP, ICMP, SCTP = 6, 17, 1, 132
 
 
 def addresses(first: int, count: int) -> np.ndarray:
@@ -156,13 +163,16 @@ def test_sketch_class_is_the_kernels() -> None:
     """(family == 6) * 2 + (proto == UDP)."""
     assert [sketch_class(f, p) for f in (4, 6) for p in (TCP, UDP)] == [0, 1, 2, 3]
     assert CLASSES == {0: (4, TCP), 1: (4, UDP), 2: (6, TCP), 3: (6, UDP)}
+    # A class is also the id of its "other ports" sketch, as it was before there were twelve.
+    assert all(OTHER_SKETCH_IDS[label] == klass for klass, label in CLASSES.items())
+    assert sorted(OTHER_SKETCH_IDS.values()) == list(range(OTHER_SKETCHES)) == list(range(12))
 
 
 def test_initial_plan_gives_fleet_ports_then_listed_ports_their_own_sketches() -> None:
     plan = SketchPlan.initial({443, 22, 53}, fleet_ports=(53,))
     assert plan.ports == (53, 22, 443)
     assert plan.capacity == 3 + SPARE_PORTS
-    assert plan.sketches == OTHER_SKETCHES + 4 * plan.capacity == 32
+    assert plan.sketches == OTHER_SKETCHES + 4 * plan.capacity == 40
 
 
 def test_initial_plan_with_all_ports_watched() -> None:
@@ -193,9 +203,14 @@ def test_updated_plan_keeps_every_ports_ids_and_adds_new_ports_while_there_is_ro
 
 def test_sketch_ids_and_the_kernels_port_map_agree() -> None:
     plan = SketchPlan((53, 22), capacity=6)
-    assert plan.sketch_id(4, TCP, 53) == 4
-    assert plan.sketch_id(6, UDP, 22) == 4 + 4 + 3
+    assert plan.sketch_id(4, TCP, 53) == 12
+    assert plan.sketch_id(6, UDP, 22) == 12 + 4 + 3
     assert plan.sketch_id(4, TCP, 443) is None
+    # Only TCP and UDP ports have sketches of their own; ICMP types never do.
+    for family, proto in OTHER_SKETCH_IDS:
+        if proto not in (TCP, UDP):
+            assert plan.sketch_id(family, proto, 53) is None
+            assert plan.sketch_id(family, proto, 22) is None
     ids = plan.port_ids()
     assert ids.shape == (65536, 4)
     assert ids.dtype == np.uint16
@@ -304,7 +319,7 @@ def test_a_tick_read_again_never_loses_what_it_had() -> None:
 
 
 def test_sketch_counts_per_port_and_for_the_other_ports() -> None:
-    plan = SketchPlan.initial({22, 53}, fleet_ports=(53,))  # 53 then 22: ids 4..7, 8..11
+    plan = SketchPlan.initial({22, 53}, fleet_ports=(53,))  # 53 then 22: ids 12..15, 16..19
     union_ = SketchUnion(
         np.zeros((plan.sketches, 1 << HLL_P), np.uint8), np.zeros(plan.sketches, np.uint64)
     )
@@ -314,6 +329,9 @@ def test_sketch_counts_per_port_and_for_the_other_ports() -> None:
     union_.lost[plan.sketch_id(4, TCP, 22)] = 7
     union_.registers[sketch_class(6, TCP)] = registers(hashes_of(20_000, 40))
     union_.lost[sketch_class(4, UDP)] = 1
+    union_.registers[OTHER_SKETCH_IDS[(6, SCTP)]] = registers(hashes_of(30_000, 70))
+    union_.lost[OTHER_SKETCH_IDS[(6, SCTP)]] = 2
+    union_.registers[OTHER_SKETCH_IDS[(4, ICMP)]] = registers(hashes_of(40_000, 5))
 
     counts = SketchCounts.of(union_, plan, fleet_ports=(53,))
 
@@ -323,9 +341,17 @@ def test_sketch_counts_per_port_and_for_the_other_ports() -> None:
     assert within(counts.estimates[(4, UDP, 53)], 3000)
     assert within(counts.estimates[(4, TCP, 22)], 500)
     assert counts.estimates[(6, UDP, 53)] == 0.0
-    assert counts.other_exact == {(4, TCP): True, (4, UDP): False, (6, TCP): True, (6, UDP): True}
+    # One "other ports" sketch per (family, protocol) the kernel records.
+    assert set(counts.other_exact) == set(counts.other_estimates) == set(OTHER_SKETCH_IDS)
+    assert {label for label, exact in counts.other_exact.items() if not exact} == {
+        (4, UDP),
+        (6, SCTP),
+    }
     assert within(counts.other_estimates[(6, TCP)], 40)
+    assert within(counts.other_estimates[(6, SCTP)], 70)
+    assert within(counts.other_estimates[(4, ICMP)], 5)
     assert counts.other_estimates[(4, TCP)] == 0.0
+    assert counts.other_estimates[(6, 58)] == 0.0
     # Fleet registers: only the fleet port, only its sketches that saw sources, at p = 12.
     assert set(counts.fleet) == {(4, UDP, 53)}
     assert counts.fleet[(4, UDP, 53)].shape == (1 << FLEET_P,)

@@ -15,8 +15,11 @@ from xdp_ip_counter.window import (
     DeferredActiveSet,
     Snapshot,
     active_set,
-    count_sources,
+    count_prefixes,
+    count_window,
+    find_scanners,
     format_addresses,
+    prefix_map,
     rfc3339_ms,
     stale_keys,
 )
@@ -345,20 +348,25 @@ def random_snapshot(seed: int, interfaces: int) -> tuple[Snapshot, dict[int, str
 
 
 @pytest.mark.parametrize("interfaces", [1, 2, 70])
-def test_count_sources_counts_what_active_set_counts(interfaces: int) -> None:
+def test_count_window_counts_what_active_set_counts(interfaces: int) -> None:
     snap, ifnames = random_snapshot(interfaces, interfaces)
-    counts, rows = count_sources(snap, 60)
-    active = active_set(snap, 60, ifnames)
-    assert counts.dtype == active.counts.dtype
-    assert counts.tolist() == active.counts.tolist()
-    assert rows == len(active)
+    lengths = ((4, 8), (4, 23), (4, 24), (6, 8), (6, 33), (6, 64), (6, 100), (6, 128))
+    counted = count_window(snap, 60, lengths, 2)
+    active = active_set(snap, 60, ifnames, lengths, 2)
+    assert counted.sources.dtype == active.counts.dtype
+    assert counted.sources.tolist() == active.counts.tolist()
+    assert counted.rows == len(active)
+    assert counted.prefixes.tolist() == active.prefixes.tolist()
+    assert counted.scanners.tolist() == active.scanners.tolist()
+    assert len(counted.prefixes) and len(counted.scanners)  # something to compare
 
 
-def test_count_sources_of_nothing_within_the_window() -> None:
+def test_count_window_of_nothing_within_the_window() -> None:
     old = snapshot(entry("10.1.0.1", last=NOW - 61 * S, first=NOW - 62 * S))
     for snap in (old, snapshot()):
-        counts, rows = count_sources(snap, 60)
-        assert (counts.tolist(), rows) == ([], 0)
+        counted = count_window(snap, 60, ((4, 24),), 1)
+        assert (counted.sources.tolist(), counted.rows) == ([], 0)
+        assert (counted.prefixes.tolist(), counted.scanners.tolist()) == ([], [])
 
 
 def test_a_deferred_active_set_is_the_active_set_made_when_first_asked() -> None:
@@ -386,6 +394,237 @@ def test_a_deferred_active_set_makes_its_rows_once_for_every_thread() -> None:
         thread.join()
     assert len(made) == 8
     assert all(rows is made[0] for rows in made)
+
+
+def test_a_deferred_active_set_counts_prefixes_and_scanners_at_once() -> None:
+    snap, ifnames = random_snapshot(9, 2)
+    lengths = ((4, 24), (6, 48))
+    active = active_set(snap, 60, ifnames, lengths, 3)
+    deferred = DeferredActiveSet(snap, 60, ifnames, prefix_lengths=lengths, scan_ports=3)
+    assert deferred.prefix_map() == active.prefix_map() != {}
+    assert deferred.scanners.tolist() == active.scanners.tolist() != []
+    resolved = deferred.resolve()  # the rows made later carry what was counted
+    assert resolved.prefix_map() == active.prefix_map()
+    assert resolved.scanners.tolist() == active.scanners.tolist()
+    selected = resolved.select(ports=[22])  # counts of the selection; prefixes of the whole
+    assert (len(selected.prefixes), len(selected.scanners)) == (0, 0)
+    plain = DeferredActiveSet(snap, 60, ifnames)  # the daemon's default: neither
+    assert (plain.prefix_map(), len(plain.scanners)) == ({}, 0)
+
+
+# -- prefixes ---------------------------------------------------------------------------------
+
+LENGTHS = ((4, 16), (4, 24), (4, 32), (6, 46), (6, 47), (6, 48), (6, 49), (6, 128))
+
+
+def prefix_snapshot() -> Snapshot:
+    return snapshot(
+        entry("10.1.2.3"),
+        entry("10.1.2.200"),
+        entry("10.1.3.1", ifindex=2),
+        entry("10.1.3.1", ifindex=3),  # the same source on another interface: once
+        entry("10.1.4.4", last=NOW - 61 * S),  # outside the window
+        entry("2001:db8:1::1"),
+        entry("2001:db8:1:ffff::2"),
+        entry("2001:db8:2::1", ifindex=3),
+        entry("10.1.2.3", port=80, proto=17),
+        entry("10.1.2.9", port=8, proto=1),  # ICMP echo request: the port is the type
+    )
+
+
+def test_prefix_counts_of_hand_made_sources() -> None:
+    expected = {
+        # 10.1.2.3, 10.1.2.200 and 10.1.3.1 on tcp/22: one /16, two /24s, three /32s
+        (4, 6, 22, 16): 1,
+        (4, 6, 22, 24): 2,
+        (4, 6, 22, 32): 3,
+        # 2001:db8:1::1, 2001:db8:1:ffff::2, 2001:db8:2::1: 2001:db8:1 and :2 part at bit 47
+        (6, 6, 22, 46): 1,
+        (6, 6, 22, 47): 2,
+        (6, 6, 22, 48): 2,
+        (6, 6, 22, 49): 3,  # ffff: the 49th bit is set
+        (6, 6, 22, 128): 3,
+        **{(4, 17, 80, length): 1 for length in (16, 24, 32)},
+        **{(4, 1, 8, length): 1 for length in (16, 24, 32)},
+    }
+    snap = prefix_snapshot()
+    assert prefix_map(count_window(snap, 60, LENGTHS).prefixes) == expected
+    assert active_set(snap, 60, IFNAMES, LENGTHS).prefix_map() == expected
+    assert DeferredActiveSet(snap, 60, IFNAMES, prefix_lengths=LENGTHS).prefix_map() == expected
+
+
+def test_prefix_counts_are_sorted_like_the_counts() -> None:
+    prefixes = count_window(prefix_snapshot(), 60, LENGTHS).prefixes
+    columns = (prefixes[c].tolist() for c in ("port", "proto", "family", "length"))
+    order = list(zip(*columns, strict=True))
+    assert order == sorted(order)
+    assert order[:3] == [(8, 1, 4, 16), (8, 1, 4, 24), (8, 1, 4, 32)]
+
+
+def test_prefix_counts_only_of_the_lengths_asked() -> None:
+    snap = prefix_snapshot()
+    assert prefix_map(count_window(snap, 60, ((6, 48),)).prefixes) == {(6, 6, 22, 48): 2}
+    assert prefix_map(count_window(snap, 60, ()).prefixes) == {}
+    assert count_prefixes(np.zeros(0, KEY_DTYPE), LENGTHS).tolist() == []
+
+
+def reference_prefixes(snap: Snapshot, lengths: tuple[tuple[int, int], ...]) -> dict:
+    """Distinct networks per (family, proto, port, length), with ipaddress."""
+    networks: dict[tuple[int, int, int, int], set] = {}
+    inside = snap.values["last_seen"] >= NOW - 60 * S
+    for key in snap.keys[inside].tolist():
+        raw, _, port, proto, family = key
+        address = ipaddress.IPv6Address(raw)
+        if family == 4:
+            address = address.ipv4_mapped
+        for f, length in lengths:
+            if f == family:
+                network = ipaddress.ip_network(f"{address}/{length}", strict=False)
+                networks.setdefault((family, proto, port, length), set()).add(network)
+    return {label: len(found) for label, found in networks.items()}
+
+
+@pytest.mark.parametrize("interfaces", [1, 3])
+def test_prefix_counts_match_a_plain_python_reference(interfaces: int) -> None:
+    """IPv6 prefixes up to 64 bits beside the group in one word, longer ones in two."""
+    snap, _ = random_snapshot(20 + interfaces, interfaces)
+    lengths = ((4, 1), (4, 8), (4, 23), (4, 24), (4, 31), (6, 8), (6, 33), (6, 64), (6, 100))
+    lengths += ((6, 127), (6, 128))
+    assert prefix_map(count_window(snap, 60, lengths).prefixes) == reference_prefixes(snap, lengths)
+
+
+def test_prefix_counts_with_more_groups_than_a_radix_sort_takes() -> None:
+    """70,000 (protocol, port) groups: 17 bits of group and a /32 do not fit three 16-bit
+    passes; each group's sources counted all the same."""
+    ports = np.arange(35_000)
+    entries = [entry("10.2.0.1", port=int(p), proto=proto) for p in ports for proto in (6, 17)]
+    entries += [entry("10.2.0.2", port=7, proto=6), entry("10.2.1.2", port=7, proto=6)]
+    lengths = ((4, 24), (4, 32))
+    counted = prefix_map(count_window(snapshot(*entries), 60, lengths).prefixes)
+    assert len(counted) == 70_000 * 2
+    assert counted[(4, 6, 7, 24)] == 2  # 10.2.0.1, 10.2.0.2 | 10.2.1.2
+    assert counted[(4, 6, 7, 32)] == 3
+    assert counted[(4, 17, 7, 32)] == 1
+    assert {n for label, n in counted.items() if label[2] != 7} == {1}
+
+
+# -- scanners ---------------------------------------------------------------------------------
+
+
+def scanners_of(found: np.ndarray) -> list[tuple[str, int]]:
+    return list(zip(format_addresses(found), found["ports"].tolist(), strict=True))
+
+
+def tried(ip: str, *ports: int, proto: int = 6, **fields: int) -> list[tuple[tuple, tuple]]:
+    return [entry(ip, port=port, proto=proto, **fields) for port in ports]
+
+
+def scan_snapshot() -> Snapshot:
+    return snapshot(
+        *tried("10.3.0.1", 1, 2, 3, 4, 5),  # exactly 5 ports
+        *tried("10.3.0.2", 1, 2, 3, 4),  # one fewer
+        *tried("10.3.0.3", 1, 2, 3, 4),
+        *tried("10.3.0.3", *range(10), proto=1),  # and ten ICMP types: not ports
+        *tried("10.3.0.4", 22, 23, 24, 25),
+        *tried("10.3.0.4", 22, proto=17),  # the same port over UDP: one port
+        *tried("10.3.0.5", 22, 23, 24, ifindex=2),
+        *tried("10.3.0.5", 22, 25, 26, ifindex=3),  # across interfaces: 22 once, 5 ports
+        *tried("10.3.0.6", 1, 2, 3, 4),
+        *tried("10.3.0.6", 5, last=NOW - 61 * S),  # its 5th port left the window
+        *tried("fd00:3::1", 1, proto=132),  # sctp, udplite, dccp, tcp and udp together
+        *tried("fd00:3::1", 2, proto=136),
+        *tried("fd00:3::1", 3, proto=33),
+        *tried("fd00:3::1", 4, proto=6),
+        *tried("fd00:3::1", 5, 6, proto=17),
+        *tried("fd00:3::2", *range(128, 140), proto=58),  # ICMPv6 types
+        *tried("::ffff:10.3.0.7", 1, 2, 3),  # an IPv6 header's mapped address ...
+        *tried("10.3.0.7", 4, 5, 6),  # ... is not this IPv4 source
+    )
+
+
+@pytest.mark.parametrize("interfaces", ["rows", "keys"])
+def test_scanners_at_the_threshold(interfaces: str) -> None:
+    snap = scan_snapshot()
+
+    def found(scan_ports: int) -> list[tuple[str, int]]:
+        if interfaces == "keys":
+            return scanners_of(count_window(snap, 60, (), scan_ports).scanners)
+        return scanners_of(active_set(snap, 60, IFNAMES, (), scan_ports).scanners)
+
+    # By ports descending, then v4 before v6, then address.
+    assert found(5) == [("fd00:3::1", 6), ("10.3.0.1", 5), ("10.3.0.5", 5)]
+    assert found(6) == [("fd00:3::1", 6)]
+    assert found(7) == []
+    assert found(4) == [
+        ("fd00:3::1", 6),
+        ("10.3.0.1", 5),
+        ("10.3.0.5", 5),
+        ("10.3.0.2", 4),
+        ("10.3.0.3", 4),
+        ("10.3.0.4", 4),
+        ("10.3.0.6", 4),
+    ]
+    assert ("10.3.0.7", 3) in found(3)
+    assert ("::ffff:10.3.0.7", 3) in found(3)
+    assert found(0) == []
+
+
+def test_scanners_are_in_numeric_address_order() -> None:
+    snap = snapshot(
+        *tried("10.4.0.10", 1, 2),
+        *tried("10.4.0.9", 1, 2),
+        *tried("2001:db8::10", 1, 2),
+        *tried("2001:db8::9", 1, 2),
+        *tried("10.4.0.200", 1, 2, 3),
+    )
+    assert scanners_of(find_scanners(snap.keys, 2)) == [
+        ("10.4.0.200", 3),
+        ("10.4.0.9", 2),
+        ("10.4.0.10", 2),
+        ("2001:db8::9", 2),
+        ("2001:db8::10", 2),
+    ]
+
+
+def reference_scanners(snap: Snapshot, scan_ports: int) -> list[tuple[str, int]]:
+    ports: dict[tuple[int, bytes], set[int]] = {}
+    inside = snap.values["last_seen"] >= NOW - 60 * S
+    for raw, _, port, proto, family in snap.keys[inside].tolist():
+        if proto in (6, 17, 132, 136, 33):
+            ports.setdefault((family, raw), set()).add(port)
+    found = [(family, raw, len(p)) for (family, raw), p in ports.items() if len(p) >= scan_ports]
+    found.sort(key=lambda item: (-item[2], item[0], item[1]))
+    rows = np.zeros(len(found), KEY_DTYPE)
+    rows["addr"] = [raw for _, raw, _ in found]
+    rows["family"] = [family for family, _, _ in found]
+    return list(zip(format_addresses(rows), [n for _, _, n in found], strict=True))
+
+
+@pytest.mark.parametrize("scan_ports", [1, 2, 3, 4])
+def test_scanners_match_a_plain_python_reference(scan_ports: int) -> None:
+    snap, _ = random_snapshot(30 + scan_ports, 3)
+    expected = reference_scanners(snap, scan_ports)
+    assert expected  # random_snapshot's sources try up to four ports
+    assert scanners_of(count_window(snap, 60, (), scan_ports).scanners) == expected
+
+
+def test_many_sources_few_ports_are_no_scanners() -> None:
+    """A flood of sources with a port each: the buckets of the pre-count hold about two rows,
+    so none is compared exactly; one scanner among them is found."""
+    count = 50_000
+    keys = np.zeros(count + 10, KEY_DTYPE)
+    raw = np.zeros((count + 10, 16), np.uint8)
+    raw[:, 10:12] = 0xFF
+    raw[:count, 12:16] = (np.arange(count, dtype=">u4") + 0x0A050000).view(np.uint8).reshape(-1, 4)
+    raw[count:, 12:16] = (10, 6, 0, 1)
+    keys["addr"] = raw.view("V16").ravel()
+    keys["ifindex"], keys["proto"], keys["family"] = 2, 6, 4
+    keys["port"][:count] = 443
+    keys["port"][count:] = np.arange(10)
+    values = np.zeros(len(keys), VALUE_DTYPE)
+    values["last_seen"] = NOW
+    found = find_scanners(Snapshot(keys, values, NOW, WALL).keys, 10)
+    assert scanners_of(found) == [("10.6.0.1", 10)]
 
 
 # -- text -----------------------------------------------------------------------------------
