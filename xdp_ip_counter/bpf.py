@@ -68,6 +68,11 @@ class CompileError(RuntimeError):
     """bcc could not compile or load the program; the message says what to install or check."""
 
 
+class KernelRefused(RuntimeError):
+    """The kernel refused a configuration (a source list's prefix: out of memory); nothing of
+    it was applied. The message names the prefix and the list."""
+
+
 class AttachError(RuntimeError):
     """The program could not be attached to an interface; the message names it and what to try."""
 
@@ -390,9 +395,20 @@ class DataPath:
         bpf_syscall.map_update(self._maps["port_filter"].fd, _KEY_ZERO, value.tobytes())
 
     def _write_list(self, name: str, add: Iterable[Network], remove: Iterable[Network]) -> None:
+        """Add then remove prefixes of a source list. An addition the kernel refuses takes the
+        ones this call added out again and raises KernelRefused: the list is as it was."""
         fd = self._maps[name].fd
+        added: list[Network] = []
         for network in add:
-            bpf_syscall.map_update(fd, source_prefix(network), b"\x01")
+            try:
+                bpf_syscall.map_update(fd, source_prefix(network), b"\x01")
+            except BPFSyscallError as exc:
+                for done in added:
+                    bpf_syscall.map_delete(fd, source_prefix(done))
+                raise KernelRefused(
+                    f"{name}: the kernel refused prefix {network}: {exc.strerror or exc}"
+                ) from None
+            added.append(network)
         for network in remove:
             bpf_syscall.map_delete(fd, source_prefix(network))
 
@@ -417,24 +433,31 @@ class DataPath:
         and the longer of the two windows holds meanwhile. A rewrite of the lists changes
         their generation at each of the two writes: the program asks them again for every
         known source (once), and a source judged in between is judged again by the new ones.
-        `plan` must keep the sketches the map was made for."""
-        if plan is not None:
-            if plan.sketches != self.plan.sketches:
-                raise ValueError("internal error: a sketch plan of another size")
-            self.plan = plan
-        ids = self._sketch_of_port.words(np.uint16).reshape(65536, 4)
-        ids[:] = self.plan.port_ids()
+        A prefix the kernel refuses (KernelRefused) leaves everything as it was. `plan` must
+        keep the sketches the map was made for."""
+        if plan is not None and plan.sketches != self.plan.sketches:
+            raise ValueError("internal error: a sketch plan of another size")
         lists = {
             "exclude_sources": frozenset(exclude_sources),
             "include_sources": frozenset(include_sources),
         }
-        rewritten = lists != self.source_lists
+        added: dict[str, frozenset[Network]] = {}
+        for name, networks in lists.items():
+            try:
+                self._write_list(name, networks - self.source_lists[name], ())
+            except KernelRefused:
+                for done, prefixes in added.items():  # the other list as it was, too
+                    self._write_list(done, (), prefixes)
+                raise
+            added[name] = networks - self.source_lists[name]
         between, generation = self._generation, self._generation
-        if rewritten:
+        if lists != self.source_lists:
             between, generation = self._generation + 1, self._generation + 2
             self._generation = generation
-        for name, networks in lists.items():
-            self._write_list(name, networks - self.source_lists[name], ())
+        if plan is not None:
+            self.plan = plan
+        ids = self._sketch_of_port.words(np.uint16).reshape(65536, 4)
+        ids[:] = self.plan.port_ids()
         new = _Filter(
             ports,
             window,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import __version__, capabilities, memory
-from .bpf import AttachError, CompileError, DataPath
+from .bpf import AttachError, CompileError, DataPath, KernelRefused
 from .config import ConfigError, Settings, diff, needs_restart, validate_interfaces
 from .metrics import View
 from .pinning import PinError, restore_and_pin
@@ -337,7 +337,7 @@ class Daemon:
             new = self._reload_settings()
             validate_interfaces(new)
             self._apply(new)
-        except (ConfigError, AttachError) as exc:
+        except (ConfigError, AttachError, KernelRefused) as exc:
             self._rejected_reload = RejectedReload(self._wall_time(), str(exc))
             log.error("reload rejected, keeping the previous configuration: %s", exc)
         else:
@@ -364,12 +364,12 @@ class Daemon:
             for ifname in added:
                 self._attach(ifname)
                 attached.append(ifname)
-        except AttachError:
+            if any(getattr(new, name) != getattr(old, name) for name in KERNEL_SETTINGS):
+                self._configure(new)  # KernelRefused: it wrote nothing
+        except (AttachError, KernelRefused):
             for ifname in attached:
                 self._datapath.detach(ifname)
             raise
-        if any(getattr(new, name) != getattr(old, name) for name in KERNEL_SETTINGS):
-            self._configure(new)
         for ifname in removed:
             self._datapath.detach(ifname)
         if self._server is not None:
@@ -435,7 +435,7 @@ def run(
         print(f"xdp-ip-counter: error: {exc}", file=sys.stderr)
         daemon.close()
         return EXIT_USAGE
-    except (CompileError, AttachError, PinError) as exc:
+    except (CompileError, AttachError, PinError, KernelRefused) as exc:
         print(f"xdp-ip-counter: error: {exc}", file=sys.stderr)
         daemon.close()
         return EXIT_FAILURE

@@ -5,12 +5,15 @@ in place by DataPath.configure, as a reload does."""
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 
 import numpy as np
 import pytest
 
 from tests.support import frames as f
+from xdp_ip_counter import bpf_syscall
+from xdp_ip_counter.bpf import KernelRefused
 from xdp_ip_counter.config import PortFilter, parse_sources
 from xdp_ip_counter.layout import SECONDARY, SET_WORDS, WAYS
 
@@ -226,3 +229,43 @@ def test_known_sources_are_judged_again_after_every_rewrite_of_the_lists(
     program.watch(PortFilter.all())
     assert program.send(frames)["recorded"] == 150
     assert program.counts() == {k: (3, 120) for k in table}
+
+
+def test_a_prefix_the_kernel_refuses_leaves_both_lists_and_the_filter_as_they_were(
+    program: ProgramUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The include list's second new prefix fails (as an out-of-memory insert would): the
+    exclude list's three new prefixes and the include list's first are taken out again,
+    nothing else is written, and KernelRefused names the list and the prefix."""
+    before = {
+        "exclude_sources": nets("10.95.1.0/24"),
+        "include_sources": nets("10.95.0.0/16"),
+    }
+    program.watch(PortFilter.all(), **before)
+    datapath = program.datapath
+    state = (datapath.filter, dict(datapath.source_lists))
+    tries = {datapath.table(name).fd for name in before}
+    real, inserts = bpf_syscall.map_update, []
+
+    def failing(fd: int, key: bytes, value: bytes, flags: int = 0) -> None:
+        if fd in tries:
+            inserts.append(key)
+            if len(inserts) == 5:  # after three exclude prefixes and one include prefix
+                raise bpf_syscall.BPFSyscallError(errno.ENOMEM, "bpf(MAP_UPDATE_ELEM)")
+        real(fd, key, value, flags)
+
+    monkeypatch.setattr(bpf_syscall, "map_update", failing)
+    with pytest.raises(KernelRefused, match=r"include_sources: the kernel refused prefix 10\.9"):
+        program.watch(
+            PortFilter.of({22}),
+            exclude_sources=nets("10.95.1.0/24,10.95.2.0/24,10.95.3.0/24,10.95.4.0/24"),
+            include_sources=nets("10.95.0.0/16,10.96.0.0/16,10.97.0.0/16"),
+        )
+    monkeypatch.setattr(bpf_syscall, "map_update", real)
+    assert (datapath.filter, datapath.source_lists) == state
+    assert outcome_of(program, "10.95.1.1") == "excluded"
+    assert outcome_of(program, "10.95.2.1") == "recorded_new"  # not excluded: taken out again
+    assert outcome_of(program, "10.95.4.1") == "recorded_new"
+    assert outcome_of(program, "10.96.0.1") == "not_included"  # not included: taken out again
+    frame = f.v4_udp("10.95.5.1", 5353)  # every port still watched: the filter as it was
+    assert program.run(frame).stats_delta["recorded_new"] == 1

@@ -22,7 +22,8 @@ import pytest
 from test_systemd import NotifySocket  # tests/unit is on sys.path
 
 from xdp_ip_counter import capabilities, cli
-from xdp_ip_counter.config import ConfigError, PortFilter, Settings
+from xdp_ip_counter.bpf import KernelRefused
+from xdp_ip_counter.config import ConfigError, PortFilter, Settings, parse_sources
 from xdp_ip_counter.daemon import EXIT_FAILURE, EXIT_OK, Daemon, RejectedReload
 from xdp_ip_counter.layout import (
     EVENTS,
@@ -83,6 +84,7 @@ class TableDataPath:
         self.filters: list[dict[str, object]] = []
         self.attached: list[tuple[str, str]] = []
         self.window: int | None = None
+        self.refuse = False  # configure() raises KernelRefused, as a failed trie insert does
 
     def configure(
         self,
@@ -93,6 +95,8 @@ class TableDataPath:
         new_source_budget: int = 0,
         **filters: object,  # protocols, icmp_types, exclude_sources, include_sources
     ) -> None:
+        if self.refuse:
+            raise KernelRefused("exclude_sources: the kernel refused prefix 10.0.0.0/8: ENOMEM")
         if plan is not None:
             if plan.sketches != self.plan.sketches:
                 raise ValueError("internal error: a sketch plan of another size")
@@ -415,6 +419,12 @@ def test_ports_left_without_a_sketch_of_their_own_are_logged(
         ({"fleet_ports": (22,)}, True),
         ({"ports": PortFilter.of({22, 53, 80})}, True),
         ({"new_source_budget": 5000}, True),
+        ({"protocols": (6, 17, 1)}, True),
+        ({"icmp_types": ((1, 3),)}, True),
+        ({"exclude_sources": parse_sources("10.0.0.0/8", "test")}, True),
+        ({"include_sources": parse_sources("2001:db8::/32", "test")}, True),
+        ({"prefix_lengths": ((4, 16),)}, False),  # userspace only
+        ({"scan_ports": 20}, False),
         ({"serve_ip_list": True}, False),
     ],
 )
@@ -452,6 +462,26 @@ def test_a_reload_writes_a_changed_new_source_budget_live(
     then.append(replace(first, new_source_budget=0))
     daemon.reload()
     assert datapath.budgets == [2000, 50_000, 0]  # 0: no budget, every new source kept
+
+
+@pytest.mark.usefixtures("offline")
+def test_a_reload_the_kernel_refuses_is_rejected_and_the_old_settings_stay(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = Settings(interfaces=("lo",), ports=LISTED)
+    datapath = TableDataPath(plan=SketchPlan.initial(LISTED.ports, ()))
+    daemon, then = reloading(first, datapath)
+    then.append(replace(first, exclude_sources=parse_sources("10.0.0.0/8", "test")))
+    datapath.refuse = True
+    with caplog.at_level(logging.ERROR, logger="xdp_ip_counter"):
+        daemon.reload()
+    assert not daemon.reload_successful
+    assert daemon.settings == first
+    assert "reload rejected, keeping the previous configuration: exclude_sources: " in caplog.text
+    datapath.refuse = False
+    daemon.reload()
+    assert daemon.reload_successful
+    assert daemon.settings.exclude_sources == then[-1].exclude_sources
 
 
 @pytest.mark.usefixtures("offline")
