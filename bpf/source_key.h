@@ -106,8 +106,15 @@ static __always_inline int key_in_filter(const struct port_filter *filter,
     if (!filter)
         return 0;
     if (key->proto == IPPROTO_ICMP || key->proto == IPPROTO_ICMPV6) {
-        __u32 word = (key->proto == IPPROTO_ICMPV6 ? 4 : 0) + ((key->port >> 6) & 3);
-        return (filter->icmp_types[word & 7] >> (key->port & 63)) & 1;
+        __u32 word = (key->port >> 6) & 3;
+        if (key->proto == IPPROTO_ICMPV6)
+            word += 4;
+        /* An explicit bound the compiler cannot drop: Linux 6.1's verifier loses the bounds
+         * of the arithmetic above (and refuses the program), later ones keep them. */
+        asm volatile("" : "+r"(word));
+        if (word > 7)
+            return 0;
+        return (filter->icmp_types[word] >> (key->port & 63)) & 1;
     }
     return port_in_filter(filter, key->port);
 }
